@@ -1,0 +1,5 @@
+import sys
+
+from traitgraph.cli import main
+
+sys.exit(main())
