@@ -1,0 +1,88 @@
+"""Content hashes: the build keys of traitgraph.
+
+A node's **training hash** is the sha256 of a canonical JSON document holding
+everything that can change its trained task vector, and nothing else:
+
+===================  =====================================================
+``trainer``          :data:`traitgraph.compiler.TRAINER_VERSION`
+``node.id``          the node id
+``node.examples``    every training example after validation (inline and
+                     from ``examples_file``, parsed, in order)
+``training``         the effective training settings (defaults merged with
+                     the node's overrides), every field with its value
+``base``             the base reference and the base weights' fingerprint
+``parents``          the training hashes of the nodes it ``refines``
+``replay``           when replay is on: the hash of the replay source
+===================  =====================================================
+
+Not in it (so editing them never retrains): ``description``, ``weight``,
+``eval`` cases, ``related``/``conflicts`` edges, merge and eval settings,
+YAML formatting, comments and key order. The hash is computed from the
+validated pydantic models, never from file bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from typing import Any
+
+from traitgraph.compiler import TRAINER_VERSION
+from traitgraph.graph.load import Spec
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def general_text_hash() -> str:
+    """Hash of the shipped general text (the default replay source)."""
+    data = resources.files("traitgraph.data").joinpath("general_text.txt").read_bytes()
+    return sha256_hex(data)
+
+
+def _examples_payload(spec: Spec, node_id: str) -> list[dict]:
+    return [ex.model_dump(mode="json", exclude_none=True) for ex in spec.nodes[node_id].examples]
+
+
+def training_payload(spec: Spec, node_id: str, base_fingerprint: str, parents: dict[str, str]) -> dict:
+    """The document whose hash is the node's training hash (see module doc)."""
+    settings = spec.training_settings(node_id)
+    payload: dict[str, Any] = {
+        "trainer": TRAINER_VERSION,
+        "node": {"id": node_id, "examples": _examples_payload(spec, node_id)},
+        "training": settings.model_dump(mode="json"),
+        "base": {"reference": spec.personality.base, "fingerprint": base_fingerprint},
+        "parents": {p: parents[p] for p in spec.dependencies(node_id)},
+    }
+    if settings.replay.fraction > 0:
+        if settings.replay.source == "general":
+            payload["replay"] = {"general_text": general_text_hash()}
+        else:
+            payload["replay"] = {
+                "other_nodes": {
+                    other: sha256_hex(canonical_json(_examples_payload(spec, other)))
+                    for other in sorted(spec.nodes)
+                    if other != node_id
+                }
+            }
+    return payload
+
+
+def node_hashes(spec: Spec, base_fingerprint: str) -> dict[str, str]:
+    """Training hash of every node, dependencies first.
+
+    >>> node_hashes(load_specs("specs"), "sha256:ab12...")["listening"]   # doctest: +SKIP
+    '3f9c...'
+    """
+    hashes: dict[str, str] = {}
+    for node_id in spec.build_order():
+        payload = training_payload(spec, node_id, base_fingerprint, hashes)
+        hashes[node_id] = sha256_hex(canonical_json(payload))
+    return hashes

@@ -1,0 +1,371 @@
+"""Load a specs directory into a validated :class:`Spec`.
+
+Layout::
+
+    SPECS_DIR/personality.yaml
+    SPECS_DIR/nodes/<id>.yaml          (one behaviour node each)
+
+Loading never stops at the first mistake: every file is read, every problem
+is collected as a :class:`~traitgraph.errors.SpecProblem` (file, node, field,
+message, hint), and one :class:`~traitgraph.errors.SpecError` carries them all.
+
+>>> spec = load_specs("specs")                 # doctest: +SKIP
+>>> spec.training_settings("listening").steps   # doctest: +SKIP
+24
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from traitgraph.errors import SpecError, SpecProblem
+from traitgraph.graph.schema import (
+    DEPENDENCY_EDGE_KINDS,
+    Example,
+    NodeSpec,
+    Personality,
+    TrainingSettings,
+)
+
+PERSONALITY_FILE = "personality.yaml"
+NODES_DIR = "nodes"
+
+
+@dataclass(frozen=True)
+class LoadedNode:
+    """A validated node with everything it trains on."""
+
+    spec: NodeSpec
+    file: Path
+    examples: tuple[Example, ...]
+    """Inline examples followed by those of ``examples_file``."""
+    data_files: tuple[Path, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+@dataclass
+class Spec:
+    """A whole, valid personality: its settings and its nodes."""
+
+    specs_dir: Path
+    personality_file: Path
+    personality: Personality
+    nodes: dict[str, LoadedNode] = field(default_factory=dict)
+
+    def training_settings(self, node_id: str) -> TrainingSettings:
+        """The node's effective training settings: defaults merged with its overrides."""
+        overrides = self.nodes[node_id].spec.training
+        defaults = self.personality.training
+        return overrides.apply(defaults) if overrides is not None else defaults
+
+    def dependencies(self, node_id: str) -> list[str]:
+        """Nodes whose task vectors this node trains on top of (its ``refines`` targets)."""
+        return sorted(
+            {e.to for e in self.nodes[node_id].spec.edges if e.kind in DEPENDENCY_EDGE_KINDS}
+        )
+
+    def graph(self) -> nx.DiGraph:
+        """The personality as a directed graph: one vertex per node, one edge per spec edge."""
+        g = nx.DiGraph(name=self.personality.name)
+        for node_id, node in sorted(self.nodes.items()):
+            g.add_node(
+                node_id,
+                weight=node.spec.weight,
+                description=node.spec.description,
+                examples=len(node.examples),
+                eval_cases=len(node.spec.eval),
+            )
+        for node_id, node in sorted(self.nodes.items()):
+            for edge in node.spec.edges:
+                g.add_edge(node_id, edge.to, kind=edge.kind)
+        return g
+
+    def build_order(self) -> list[str]:
+        """Node ids with every dependency before its dependents (ties broken by id)."""
+        deps = nx.DiGraph()
+        deps.add_nodes_from(self.nodes)
+        for node_id in self.nodes:
+            for dep in self.dependencies(node_id):
+                deps.add_edge(dep, node_id)
+        return list(nx.lexicographical_topological_sort(deps))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """pydantic's ``('examples', 3, 'response')`` as ``examples[3].response``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+_HINTS = {
+    "extra_forbidden": "remove the key, or check its spelling against the README's spec reference",
+    "missing": "add the field",
+}
+
+
+def _validation_problems(
+    exc: ValidationError, file: Path, node: str | None, prefix: str = ""
+) -> list[SpecProblem]:
+    problems = []
+    for err in exc.errors():
+        path = _field_path(err["loc"])
+        if prefix:
+            path = f"{prefix}.{path}" if path and not path.startswith("[") else f"{prefix}{path}"
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        problems.append(
+            SpecProblem(file=file, node=node, field=path or None, message=msg, hint=_HINTS.get(err["type"]))
+        )
+    return problems
+
+
+def _read_yaml_mapping(file: Path, problems: list[SpecProblem], node: str | None) -> dict | None:
+    """Parse a YAML file that must hold a mapping; record a problem and return None otherwise."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(SpecProblem(file=file, node=node, message=f"cannot read file ({exc})"))
+        return None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        problems.append(
+            SpecProblem(
+                file=file,
+                node=node,
+                message=f"YAML syntax error{where}: {reason}",
+                hint="quote values that contain ': ' or start with a special character, or use a `|` block",
+            )
+        )
+        return None
+    if data is None:
+        problems.append(SpecProblem(file=file, node=node, message="file is empty"))
+        return None
+    if not isinstance(data, dict):
+        problems.append(
+            SpecProblem(
+                file=file, node=node, message=f"expected a mapping of keys to values, got {type(data).__name__}"
+            )
+        )
+        return None
+    return data
+
+
+def _validate(model: type[BaseModel], data: dict, file: Path, node: str | None, problems: list[SpecProblem]):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_validation_problems(exc, file, node))
+        return None
+
+
+def _load_examples_file(
+    node: NodeSpec, node_file: Path, specs_dir: Path, problems: list[SpecProblem]
+) -> tuple[tuple[Example, ...], Path | None]:
+    rel = node.examples_file
+    assert rel is not None
+    target = (node_file.parent / rel).resolve()
+    root = specs_dir.resolve()
+    if not target.is_relative_to(root):
+        problems.append(
+            SpecProblem(
+                file=node_file, node=node.id, field="examples_file",
+                message=f"'{rel}' points outside the specs directory {specs_dir}",
+                hint="keep data files inside the specs directory so the specs are self-contained",
+            )
+        )
+        return (), None
+    if not target.is_file():
+        problems.append(
+            SpecProblem(
+                file=node_file, node=node.id, field="examples_file",
+                message=f"data file '{rel}' does not exist (looked for {target})",
+                hint="paths are relative to the node file",
+            )
+        )
+        return (), None
+    examples: list[Example] = []
+    for lineno, line in enumerate(target.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(
+                SpecProblem(file=target, node=node.id, field=f"line {lineno}", message=f"invalid JSON: {exc.msg}")
+            )
+            continue
+        if not isinstance(raw, dict):
+            problems.append(
+                SpecProblem(file=target, node=node.id, field=f"line {lineno}", message="expected a JSON object")
+            )
+            continue
+        try:
+            examples.append(Example.model_validate(raw))
+        except ValidationError as exc:
+            problems.extend(_validation_problems(exc, target, node.id, prefix=f"line {lineno}"))
+    if not examples and not any(p.file == target for p in problems):
+        problems.append(SpecProblem(file=target, node=node.id, message="data file holds no examples"))
+    return tuple(examples), target
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_specs(specs_dir: str | Path) -> Spec:
+    """Load, validate and return the personality in ``specs_dir``.
+
+    Raises :class:`SpecError` listing every problem found.
+    """
+    specs_dir = Path(specs_dir)
+    problems: list[SpecProblem] = []
+    if not specs_dir.is_dir():
+        raise SpecError([SpecProblem(file=specs_dir, message="specs directory does not exist")])
+
+    personality_file = specs_dir / PERSONALITY_FILE
+    personality: Personality | None = None
+    if not personality_file.is_file():
+        problems.append(
+            SpecProblem(
+                file=personality_file, message="missing personality file",
+                hint="create it with at least `name:`; see specs/personality.yaml in the traitgraph repo",
+            )
+        )
+    else:
+        data = _read_yaml_mapping(personality_file, problems, None)
+        if data is not None:
+            personality = _validate(Personality, data, personality_file, None, problems)
+
+    nodes_dir = specs_dir / NODES_DIR
+    node_files = sorted([*nodes_dir.glob("*.yaml"), *nodes_dir.glob("*.yml")]) if nodes_dir.is_dir() else []
+    if not node_files:
+        problems.append(
+            SpecProblem(file=nodes_dir, message="no node files (nodes/<id>.yaml)", hint="add at least one behaviour node")
+        )
+
+    nodes: dict[str, LoadedNode] = {}
+    for file in node_files:
+        stem = file.stem
+        data = _read_yaml_mapping(file, problems, stem)
+        if data is None:
+            continue
+        node_name = data.get("id") if isinstance(data.get("id"), str) else stem
+        node = _validate(NodeSpec, data, file, node_name, problems)
+        if node is None:
+            continue
+        if node.id != stem:
+            problems.append(
+                SpecProblem(
+                    file=file, node=node.id, field="id",
+                    message=f"id '{node.id}' differs from the file name '{file.name}'",
+                    hint=f"rename the file to {node.id}.yaml or set `id: {stem}`",
+                )
+            )
+            continue
+        if node.id in nodes:
+            problems.append(
+                SpecProblem(
+                    file=file, node=node.id, field="id",
+                    message=f"duplicate id: also defined in {nodes[node.id].file}",
+                    hint="keep one of nodes/<id>.yaml and nodes/<id>.yml",
+                )
+            )
+            continue
+        examples = node.examples
+        data_files: tuple[Path, ...] = ()
+        if node.examples_file is not None:
+            more, target = _load_examples_file(node, file, specs_dir, problems)
+            examples = examples + more
+            data_files = (target,) if target is not None else ()
+        if not examples and node.examples_file is None:
+            problems.append(
+                SpecProblem(
+                    file=file, node=node.id, field="examples", message="no training examples",
+                    hint="add at least one {context, response} under `examples:` or set `examples_file:`",
+                )
+            )
+        if not node.eval:
+            problems.append(
+                SpecProblem(
+                    file=file, node=node.id, field="eval", message="no held-out eval cases",
+                    hint="add cases under `eval:` (with `rejected:` for contrastive scoring)",
+                )
+            )
+        trained = {tuple(map(str, ex.chat())) for ex in examples}
+        for i, case in enumerate(node.eval):
+            if tuple(map(str, case.chat())) in trained:
+                problems.append(
+                    SpecProblem(
+                        file=file, node=node.id, field=f"eval[{i}]",
+                        message="this eval case repeats a training context, so it is not held out",
+                        hint="write a new context for the eval case",
+                    )
+                )
+        nodes[node.id] = LoadedNode(spec=node, file=file, examples=examples, data_files=data_files)
+
+    if personality is None or problems:
+        # Graph checks on a partial set of nodes would report edges to nodes
+        # that merely failed to parse; still run them to report everything.
+        _graph_problems(nodes, problems, partial=bool(problems))
+        raise SpecError(problems)
+
+    _graph_problems(nodes, problems, partial=False)
+    if problems:
+        raise SpecError(problems)
+    return Spec(specs_dir=specs_dir, personality_file=personality_file, personality=personality, nodes=nodes)
+
+
+def _graph_problems(nodes: dict[str, LoadedNode], problems: list[SpecProblem], partial: bool) -> None:
+    """Edges to real nodes, no self-edges or duplicates, no cycle among dependency edges."""
+    deps = nx.DiGraph()
+    deps.add_nodes_from(nodes)
+    for node_id, node in sorted(nodes.items()):
+        seen: set[tuple[str, str]] = set()
+        for i, edge in enumerate(node.spec.edges):
+            where = dict(file=node.file, node=node_id, field=f"edges[{i}].to")
+            if edge.to == node_id:
+                problems.append(SpecProblem(**where, message="a node cannot have an edge to itself"))
+                continue
+            if edge.to not in nodes:
+                if not partial:
+                    close = [n for n in nodes if n.replace("_", "-") == edge.to.replace("_", "-")]
+                    hint = f"did you mean '{close[0]}'?" if close else f"known nodes: {', '.join(sorted(nodes))}"
+                    problems.append(SpecProblem(**where, message=f"edge to unknown node '{edge.to}'", hint=hint))
+                continue
+            if (edge.to, edge.kind) in seen:
+                problems.append(SpecProblem(**where, message=f"duplicate `{edge.kind}` edge to '{edge.to}'"))
+            seen.add((edge.to, edge.kind))
+            if edge.kind in DEPENDENCY_EDGE_KINDS:
+                deps.add_edge(node_id, edge.to)
+    for cycle in nx.simple_cycles(deps):
+        first = min(cycle)
+        problems.append(
+            SpecProblem(
+                file=nodes[first].file, node=first, field="edges",
+                message="dependency cycle: " + " -> ".join([*cycle, cycle[0]]) + " (via `refines` edges)",
+                hint="a node cannot be trained on top of itself; make one of these edges `related`",
+            )
+        )
