@@ -24,7 +24,8 @@ PICTURE_FORMATS = (".png", ".svg", ".pdf")
 
 
 def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return '"' + escaped + '"'
 
 
 def to_dot(g: nx.DiGraph) -> str:
@@ -34,7 +35,8 @@ def to_dot(g: nx.DiGraph) -> str:
     for node_id, data in sorted(g.nodes(data=True)):
         w = data.get("weight", 1.0)
         colour = POSITIVE if w >= 0 else NEGATIVE
-        lines.append(f"  {_quote(node_id)} [label={_quote(f'{node_id}\\nweight {w:+g}')}, fillcolor={_quote(colour)}];")
+        label = _quote(f"{node_id}\nweight {w:+g}")
+        lines.append(f"  {_quote(node_id)} [label={label}, fillcolor={_quote(colour)}];")
     for src, dst, data in sorted(g.edges(data=True)):
         kind = data.get("kind", "related")
         colour, _, dot_style = EDGE_STYLE.get(kind, EDGE_STYLE["related"])
@@ -63,23 +65,21 @@ def draw_graph(g: nx.DiGraph, out: str | Path, title: str | None = None) -> Path
     from matplotlib.patches import Patch
 
     pos = nx.circular_layout(g) if len(g) <= 12 else nx.spring_layout(g, seed=0)
-    fig, ax = plt.subplots(figsize=(9, 6.5))
-    weights = [g.nodes[n].get("weight", 1.0) for n in g.nodes]
-    nx.draw_networkx_nodes(
-        g, pos, ax=ax,
-        node_color=[POSITIVE if w >= 0 else NEGATIVE for w in weights],
-        node_size=[1600 + 1400 * min(abs(w), 2.0) for w in weights],
-        alpha=0.92,
-    )
+    fig, ax = plt.subplots(figsize=(10, 7))
     for kind, (colour, style, _) in EDGE_STYLE.items():
         edges = [(u, v) for u, v, k in g.edges(data="kind") if k == kind]
         if edges:
             nx.draw_networkx_edges(
                 g, pos, edgelist=edges, ax=ax, edge_color=colour, style=style, width=2.0,
-                arrows=True, arrowsize=18, node_size=3000, connectionstyle="arc3,rad=0.08",
+                arrows=True, arrowsize=18, node_size=5200, connectionstyle="arc3,rad=0.08",
             )
-    labels = {n: f"{n}\n{g.nodes[n].get('weight', 1.0):+g}" for n in g.nodes}
-    nx.draw_networkx_labels(g, pos, labels=labels, ax=ax, font_size=9, font_color="white", font_weight="bold")
+    for n, (x, y) in pos.items():
+        w = g.nodes[n].get("weight", 1.0)
+        ax.text(
+            x, y, f"{n}\nweight {w:+g}", ha="center", va="center", color="white",
+            fontsize=9 + min(abs(w), 2.0), fontweight="bold",
+            bbox=dict(boxstyle="round,pad=0.6", fc=POSITIVE if w >= 0 else NEGATIVE, ec="none", alpha=0.95),
+        )
     handles = [Patch(color=POSITIVE, label="adds a behaviour (weight > 0)"),
                Patch(color=NEGATIVE, label="subtracts a behaviour (weight < 0)")]
     handles += [Line2D([0], [0], color=c, linestyle=s, lw=2, label=k) for k, (c, s, _) in EDGE_STYLE.items()]
