@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,10 @@ from pydantic import BaseModel, ConfigDict
 
 from traitgraph.atomic import sha256_file, write_text_atomic
 from traitgraph.errors import BuildError
+
+
+class CorruptEntry(BuildError):
+    """A cached vector whose bytes no longer match its record (it has been evicted)."""
 
 
 def default_cache_dir() -> Path:
@@ -120,7 +123,8 @@ class VectorCache:
     def verify(self, training_hash: str) -> Path:
         """Full check before use; returns the vector's path.
 
-        A corrupt entry is removed (with a warning) and a :class:`BuildError` raised.
+        A missing entry raises :class:`BuildError`; a corrupt one is removed
+        and raises :class:`CorruptEntry`, so the caller can retrain it.
         """
         record = self.record(training_hash)
         path = self.vector_path(training_hash)
@@ -129,14 +133,9 @@ class VectorCache:
         actual = sha256_file(path)
         if actual != record.sha256:
             self.evict(training_hash)
-            warnings.warn(
-                f"cache entry {training_hash[:12]} (node '{record.node_id}') was corrupt "
-                f"(sha256 {actual[:12]} != {record.sha256[:12]}); removed, it will be retrained",
-                stacklevel=2,
-            )
-            raise BuildError(
-                f"task vector of node '{record.node_id}' ({training_hash[:12]}) was corrupt and has been "
-                "removed from the cache; run the build again to retrain it"
+            raise CorruptEntry(
+                f"cached task vector of node '{record.node_id}' ({training_hash[:12]}) was corrupt "
+                f"(sha256 {actual[:12]}, recorded {record.sha256[:12]}) and has been removed"
             )
         return path
 

@@ -1,0 +1,224 @@
+"""doit tasks for a personality build: ``base``, ``train:<node>``, ``link``, ``eval``.
+
+``dodo.py`` at the repository root only calls :func:`task_creators`; the
+``traitgraph build`` command runs the same creators through doit's API.
+
+Up-to-dateness is decided by content (see :mod:`traitgraph.build.plan`),
+never by file times: each task carries an ``uptodate`` callable and no
+``file_dep``. doit's own state is kept in a sqlite file under
+``OUT/.traitgraph/`` (sqlite tolerates two processes; the default dbm
+backend does not), but the truth lives in the cache and the lock file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from traitgraph.build.plan import BuildPlan, OutputLock, log_event, write_stamps
+from traitgraph.errors import UserError
+
+#: torch threads per training process. Fixed (not "all cores") because float
+#: results differ in the last bits between thread counts, and a serial build
+#: must equal a parallel one bit for bit. Parallelism comes from doit -n.
+TRAIN_THREADS_ENV = "TRAITGRAPH_TRAIN_THREADS"
+
+
+def train_threads() -> int:
+    return max(1, int(os.environ.get(TRAIN_THREADS_ENV, "1")))
+
+
+def doit_config(plan: BuildPlan) -> dict[str, Any]:
+    plan.out.state.mkdir(parents=True, exist_ok=True)
+    return {
+        "backend": "sqlite3",
+        "dep_file": str(plan.out.state / "doit.sqlite"),
+        "verbosity": 2,
+        "default_tasks": ["eval"] if _eval_available() else ["link"],
+    }
+
+
+def _eval_available() -> bool:
+    try:
+        import traitgraph.evaluate.run  # noqa: F401
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def build_base(plan: BuildPlan) -> None:
+    from traitgraph.compiler.base_model import resolve_base
+
+    t0 = time.perf_counter()
+    base = resolve_base(plan.spec.personality.base, plan.spec.specs_dir)
+    print(f"base {plan.spec.personality.base}: {base.path} ({time.perf_counter() - t0:.1f}s)")
+
+
+def train_node_action(plan: BuildPlan, node_id: str) -> None:
+    """Train one node into the cache (a no-op on a cache hit)."""
+    import torch
+
+    from traitgraph.compiler.base_model import resolve_base
+    from traitgraph.compiler.train import train_node
+
+    h = plan.hashes[node_id]
+    if plan.cache.is_fresh(h):
+        print(f"train:{node_id}: cache hit {h[:12]}")
+        return
+    torch.set_num_threads(train_threads())
+    parents = [plan.cache.verify(plan.hashes[dep]) for dep in plan.spec.dependencies(node_id)]
+    base = resolve_base(plan.spec.personality.base, plan.spec.specs_dir)
+    t0 = time.perf_counter()
+    meta = train_node(plan.spec, node_id, base, plan.cache.vector_path(h), parent_vectors=parents, progress=True)
+    plan.cache.commit(h, node_id, plan.payload(node_id))
+    seconds = time.perf_counter() - t0
+    print(f"train:{node_id}: {meta.steps} steps, final loss {meta.final_loss:.4f}, {seconds:.1f}s -> {h[:12]}")
+    log_event(plan.out, "train", node=node_id, hash=h, seconds=round(seconds, 2), final_loss=meta.final_loss)
+
+
+def verified_vector(plan: BuildPlan, node_id: str) -> Path:
+    """The node's cached vector after a full hash check; a corrupt one is retrained first."""
+    from traitgraph.build.cache import CorruptEntry
+
+    try:
+        return plan.cache.verify(plan.hashes[node_id])
+    except CorruptEntry as exc:
+        print(f"warning: {exc}; retraining '{node_id}'", file=sys.stderr)
+        train_node_action(plan, node_id)
+        return plan.cache.verify(plan.hashes[node_id])
+
+
+def link_action(plan: BuildPlan) -> None:
+    """Link every node's vector into OUT/checkpoint and write the lock file."""
+    from traitgraph import __version__
+    from traitgraph.build.link import LinkInput, link_checkpoint
+    from traitgraph.build.lock import LockBase, LockFile, LockNode, write_lock
+    from traitgraph.compiler.base_model import resolve_base
+
+    spec = plan.spec
+    inputs, nodes = [], []
+    for node_id in spec.build_order():
+        h = plan.hashes[node_id]
+        path = verified_vector(plan, node_id)
+        record = plan.cache.record(h)
+        weight = spec.nodes[node_id].spec.weight
+        inputs.append(LinkInput(name=node_id, path=path, weight=weight))
+        nodes.append(LockNode(id=node_id, training_hash=h, vector_sha256=record.sha256, weight=weight))
+    base = resolve_base(spec.personality.base, spec.specs_dir)
+    t0 = time.perf_counter()
+    outputs = link_checkpoint(base.path, inputs, spec.personality.merge, plan.out.checkpoint, progress=True)
+    lock = LockFile(
+        traitgraph_version=__version__,
+        base=LockBase(reference=spec.personality.base, fingerprint=plan.fingerprint),
+        nodes=nodes,
+        merge=spec.personality.merge,
+        outputs=outputs,
+    )
+    write_lock(plan.out.lock, lock)
+    write_stamps(plan.out, outputs)
+    seconds = time.perf_counter() - t0
+    print(f"link: {len(inputs)} task vectors, {spec.personality.merge.method} -> {plan.out.checkpoint} ({seconds:.1f}s)")
+    log_event(plan.out, "link", nodes=[n.id for n in nodes], seconds=round(seconds, 2))
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def _ok(fn: Callable[..., None], *args: Any) -> Callable[[], bool]:
+    """A doit python-action: run ``fn``; a user mistake fails the task with its message, no traceback."""
+
+    def action() -> bool:
+        try:
+            fn(*args)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return False
+        return True
+
+    action.__name__ = getattr(fn, "__name__", "action")
+    return action
+
+
+def base_task(plan: BuildPlan) -> dict[str, Any]:
+    from traitgraph.compiler.base_model import base_is_ready
+
+    return {
+        "basename": "base",
+        "doc": f"prepare the base model ({plan.spec.personality.base})",
+        "actions": [_ok(build_base, plan)],
+        "uptodate": [lambda: base_is_ready(plan.spec.personality.base, plan.spec.specs_dir)],
+    }
+
+
+def train_tasks(plan: BuildPlan) -> Iterator[dict[str, Any]]:
+    yield {"basename": "train", "name": None, "doc": "train every node whose training hash changed"}
+    for node_id in plan.spec.build_order():
+        yield {
+            "basename": "train",
+            "name": node_id,
+            "doc": plan.spec.nodes[node_id].spec.description.strip().splitlines()[0][:70],
+            "actions": [_ok(train_node_action, plan, node_id)],
+            "task_dep": ["base", *(f"train:{d}" for d in plan.spec.dependencies(node_id))],
+            "uptodate": [lambda n=node_id: plan.node_is_built(n)],
+        }
+
+
+def link_task(plan: BuildPlan) -> dict[str, Any]:
+    return {
+        "basename": "link",
+        "doc": f"link the task vectors ({plan.spec.personality.merge.method}) into {plan.out.checkpoint}",
+        "actions": [_ok(link_action, plan)],
+        "task_dep": ["train"],
+        "uptodate": [plan.link_is_current],
+    }
+
+
+#: doit commands that only read the build; every other invocation runs tasks.
+READ_ONLY_DOIT_COMMANDS = frozenset(
+    {"list", "info", "help", "dumpdb", "strace", "tabcompletion", "forget", "ignore", "reset-dep", "clean", "auto"}
+)
+_held_locks: list[OutputLock] = []
+
+
+def runs_tasks(argv: list[str]) -> bool:
+    """Whether a doit command line runs tasks (``doit``, ``doit -n 2 link``) or only reads."""
+    return not any(arg in READ_ONLY_DOIT_COMMANDS for arg in argv if not arg.startswith("-"))
+
+
+def task_creators(
+    specs_dir: str | Path = "specs", out_dir: str | Path = "out", *, lock_output: bool = True
+) -> dict[str, Any]:
+    """The globals a dodo file needs: ``DOIT_CONFIG`` and ``task_*`` creators.
+
+    With ``lock_output`` the output directory is locked for the life of this
+    process, so a second build into it is refused at once. A user mistake in
+    the specs is printed (every problem, no traceback) and exits with status 2.
+    """
+    try:
+        plan = BuildPlan.load(specs_dir, out_dir)
+        if lock_output:
+            _held_locks.append(OutputLock(plan.out).acquire())
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    creators: dict[str, Any] = {
+        "DOIT_CONFIG": doit_config(plan),
+        "task_base": lambda: base_task(plan),
+        "task_train": lambda: train_tasks(plan),
+        "task_link": lambda: link_task(plan),
+    }
+    if _eval_available():
+        from traitgraph.evaluate.run import eval_task
+
+        creators["task_eval"] = lambda: eval_task(plan)
+    for name, fn in creators.items():
+        if name.startswith("task_"):
+            fn.__doc__ = None
+    return creators
