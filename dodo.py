@@ -13,12 +13,9 @@ import sys
 
 from doit import get_var
 
-from traitgraph.build.tasks import runs_tasks, task_creators
+from traitgraph.build.tasks import load_plan_or_exit, lock_output_or_exit, runs_tasks, task_creators
 
-globals().update(
-    task_creators(
-        specs_dir=get_var("specs", "specs"),
-        out_dir=get_var("out", "out"),
-        lock_output=runs_tasks(sys.argv[1:]),
-    )
-)
+plan = load_plan_or_exit(get_var("specs", "specs"), get_var("out", "out"))
+if runs_tasks(sys.argv[1:]):
+    build_lock = lock_output_or_exit(plan)  # held until doit exits
+globals().update(task_creators(plan))

@@ -184,7 +184,6 @@ def link_task(plan: BuildPlan) -> dict[str, Any]:
 READ_ONLY_DOIT_COMMANDS = frozenset(
     {"list", "info", "help", "dumpdb", "strace", "tabcompletion", "forget", "ignore", "reset-dep", "clean", "auto"}
 )
-_held_locks: list[OutputLock] = []
 
 
 def runs_tasks(argv: list[str]) -> bool:
@@ -192,22 +191,26 @@ def runs_tasks(argv: list[str]) -> bool:
     return not any(arg in READ_ONLY_DOIT_COMMANDS for arg in argv if not arg.startswith("-"))
 
 
-def task_creators(
-    specs_dir: str | Path = "specs", out_dir: str | Path = "out", *, lock_output: bool = True
-) -> dict[str, Any]:
-    """The globals a dodo file needs: ``DOIT_CONFIG`` and ``task_*`` creators.
-
-    With ``lock_output`` the output directory is locked for the life of this
-    process, so a second build into it is refused at once. A user mistake in
-    the specs is printed (every problem, no traceback) and exits with status 2.
-    """
+def load_plan_or_exit(specs_dir: str | Path, out_dir: str | Path) -> BuildPlan:
+    """The build plan; a user mistake is printed (every problem, no traceback) and exits 2."""
     try:
-        plan = BuildPlan.load(specs_dir, out_dir)
-        if lock_output:
-            _held_locks.append(OutputLock(plan.out).acquire())
+        return BuildPlan.load(specs_dir, out_dir)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def lock_output_or_exit(plan: BuildPlan) -> OutputLock:
+    """Lock OUT for this build; a build already running there is a clear refusal, exit 2."""
+    try:
+        return OutputLock(plan.out).acquire()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def task_creators(plan: BuildPlan) -> dict[str, Any]:
+    """The globals a dodo file needs: ``DOIT_CONFIG`` and ``task_*`` creators."""
     creators: dict[str, Any] = {
         "DOIT_CONFIG": doit_config(plan),
         "task_base": lambda: base_task(plan),

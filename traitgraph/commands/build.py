@@ -21,11 +21,14 @@ def run(args: argparse.Namespace) -> int:
     from doit.cmd_base import ModuleTaskLoader
     from doit.doit_cmd import DoitMain
 
-    from traitgraph.build.tasks import runs_tasks, task_creators
+    from traitgraph.build.plan import OutputLock
+    from traitgraph.build.tasks import load_plan_or_exit, runs_tasks, task_creators
 
     extra = [a for a in args.doit_args if a != "--"]
-    creators = task_creators(args.specs_dir, args.out, lock_output=runs_tasks(extra))
-    doit_args = list(extra)
-    if args.jobs > 1 and runs_tasks(extra):
-        doit_args = ["-n", str(args.jobs), *doit_args]
-    return DoitMain(ModuleTaskLoader(creators)).run(doit_args)
+    plan = load_plan_or_exit(args.specs_dir, args.out)
+    loader = ModuleTaskLoader(task_creators(plan))
+    if not runs_tasks(extra):
+        return DoitMain(loader).run(extra)
+    doit_args = ["-n", str(args.jobs), *extra] if args.jobs > 1 else extra
+    with OutputLock(plan.out):
+        return DoitMain(loader).run(doit_args)
