@@ -16,6 +16,7 @@ message, hint), and one :class:`~traitgraph.errors.SpecError` carries them all.
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,44 @@ def _validation_problems(
     return problems
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping (PyYAML would silently keep the last)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys, so a repeated ``examples:``
+    block is an error instead of silently dropping the first one."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` then explicit keys is legitimate overriding
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    seen = key in first
+                except TypeError:  # unhashable key: SafeLoader reports it below
+                    continue
+                if seen:
+                    raise _DuplicateKey(
+                        None, None,
+                        f"duplicate key '{key}' (first given at line {first[key] + 1})",
+                        key_node.start_mark,
+                    )
+                first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key '{key}'")
+        out[key] = value
+    return out
+
+
 def _read_yaml_mapping(file: Path, problems: list[SpecProblem], node: str | None) -> dict | None:
     """Parse a YAML file that must hold a mapping; record a problem and return None otherwise."""
     try:
@@ -147,7 +186,17 @@ def _read_yaml_mapping(file: Path, problems: list[SpecProblem], node: str | None
         problems.append(SpecProblem(file=file, node=node, message=f"cannot read file ({exc})"))
         return None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as exc:
+        mark = exc.problem_mark
+        problems.append(
+            SpecProblem(
+                file=file, node=node,
+                message=f"YAML error at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}",
+                hint="give each key once; later values would otherwise silently replace earlier ones",
+            )
+        )
+        return None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -207,15 +256,27 @@ def _load_examples_file(
             )
         )
         return (), None
+    try:
+        text = target.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(
+            SpecProblem(
+                file=node_file, node=node.id, field="examples_file",
+                message=f"cannot read data file '{rel}' ({exc})",
+                hint="examples files are UTF-8 JSON Lines: one {\"context\": ..., \"response\": ...} per line",
+            )
+        )
+        return (), None
     examples: list[Example] = []
-    for lineno, line in enumerate(target.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
+            raw = json.loads(line, object_pairs_hook=_unique_json_object)
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             problems.append(
-                SpecProblem(file=target, node=node.id, field=f"line {lineno}", message=f"invalid JSON: {exc.msg}")
+                SpecProblem(file=target, node=node.id, field=f"line {lineno}", message=f"invalid JSON: {msg}")
             )
             continue
         if not isinstance(raw, dict):
@@ -326,19 +387,25 @@ def load_specs(specs_dir: str | Path) -> Spec:
                 )
         nodes[node.id] = LoadedNode(spec=node, file=file, examples=examples, data_files=data_files)
 
+    # Graph checks run even when some files failed, to report everything at
+    # once; an edge to a node whose file exists but failed to load is not
+    # reported as dangling (its own problem is).
+    _graph_problems(nodes, problems, unloaded={f.stem for f in node_files} - set(nodes))
     if personality is None or problems:
-        # Graph checks on a partial set of nodes would report edges to nodes
-        # that merely failed to parse; still run them to report everything.
-        _graph_problems(nodes, problems, partial=bool(problems))
-        raise SpecError(problems)
-
-    _graph_problems(nodes, problems, partial=False)
-    if problems:
         raise SpecError(problems)
     return Spec(specs_dir=specs_dir, personality_file=personality_file, personality=personality, nodes=nodes)
 
 
-def _graph_problems(nodes: dict[str, LoadedNode], problems: list[SpecProblem], partial: bool) -> None:
+def _near_miss(name: str, known: list[str]) -> str | None:
+    """The known id closest to a mistyped one (`listning`, `not_rushing`), if any is close."""
+    norm = {k.replace("_", "-"): k for k in known}
+    close = difflib.get_close_matches(name.replace("_", "-"), list(norm), n=1, cutoff=0.75)
+    return norm[close[0]] if close else None
+
+
+def _graph_problems(
+    nodes: dict[str, LoadedNode], problems: list[SpecProblem], unloaded: set[str] = frozenset()
+) -> None:
     """Edges to real nodes, no self-edges or duplicates, no cycle among dependency edges."""
     deps = nx.DiGraph()
     deps.add_nodes_from(nodes)
@@ -350,9 +417,10 @@ def _graph_problems(nodes: dict[str, LoadedNode], problems: list[SpecProblem], p
                 problems.append(SpecProblem(**where, message="a node cannot have an edge to itself"))
                 continue
             if edge.to not in nodes:
-                if not partial:
-                    close = [n for n in nodes if n.replace("_", "-") == edge.to.replace("_", "-")]
-                    hint = f"did you mean '{close[0]}'?" if close else f"known nodes: {', '.join(sorted(nodes))}"
+                if edge.to not in unloaded:
+                    known = sorted({*nodes, *unloaded})
+                    close = _near_miss(edge.to, known)
+                    hint = f"did you mean '{close}'?" if close else f"known nodes: {', '.join(known)}"
                     problems.append(SpecProblem(**where, message=f"edge to unknown node '{edge.to}'", hint=hint))
                 continue
             if (edge.to, edge.kind) in seen:
@@ -360,8 +428,11 @@ def _graph_problems(nodes: dict[str, LoadedNode], problems: list[SpecProblem], p
             seen.add((edge.to, edge.kind))
             if edge.kind in DEPENDENCY_EDGE_KINDS:
                 deps.add_edge(node_id, edge.to)
-    for cycle in nx.simple_cycles(deps):
-        first = min(cycle)
+    # simple_cycles' order and starting points vary with the hash seed: start
+    # each cycle at its smallest id and sort, so the message is the same every run.
+    cycles = sorted(c[c.index(min(c)):] + c[: c.index(min(c))] for c in nx.simple_cycles(deps))
+    for cycle in cycles:
+        first = cycle[0]
         problems.append(
             SpecProblem(
                 file=nodes[first].file, node=first, field="edges",
