@@ -128,10 +128,10 @@ def write_specs(
 
 
 def edit_yaml(path: Path, edit) -> None:
-    """Load ``path``, apply ``edit(data)`` (in place, or returning new data), write it back."""
+    """Load ``path``, let ``edit(data)`` change it in place (its return value is ignored), write it back."""
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    new = edit(data)
-    Path(path).write_text(dump_yaml(data if new is None else new), encoding="utf-8")
+    edit(data)
+    Path(path).write_text(dump_yaml(data), encoding="utf-8")
 
 
 def snapshot(directory: Path) -> dict[str, str]:
