@@ -406,11 +406,11 @@ def _near_miss(name: str, known: list[str]) -> str | None:
 def _graph_problems(
     nodes: dict[str, LoadedNode], problems: list[SpecProblem], unloaded: set[str] = frozenset()
 ) -> None:
-    """Edges to real nodes, no self-edges or duplicates, no cycle among dependency edges."""
+    """Edges to real nodes, no self-edges, one edge per pair, no cycle among dependency edges."""
     deps = nx.DiGraph()
     deps.add_nodes_from(nodes)
     for node_id, node in sorted(nodes.items()):
-        seen: set[tuple[str, str]] = set()
+        seen: dict[str, str] = {}  # target -> kind of the first edge to it
         for i, edge in enumerate(node.spec.edges):
             where = dict(file=node.file, node=node_id, field=f"edges[{i}].to")
             if edge.to == node_id:
@@ -423,9 +423,20 @@ def _graph_problems(
                     hint = f"did you mean '{close}'?" if close else f"known nodes: {', '.join(known)}"
                     problems.append(SpecProblem(**where, message=f"edge to unknown node '{edge.to}'", hint=hint))
                 continue
-            if (edge.to, edge.kind) in seen:
-                problems.append(SpecProblem(**where, message=f"duplicate `{edge.kind}` edge to '{edge.to}'"))
-            seen.add((edge.to, edge.kind))
+            # One edge per ordered pair: the graph is a DiGraph, and two kinds to one
+            # node are redundant (related + refines) or contradictory (refines + conflicts).
+            if edge.to in seen:
+                first = seen[edge.to]
+                problems.append(
+                    SpecProblem(
+                        **where,
+                        message=f"duplicate `{edge.kind}` edge to '{edge.to}'" if first == edge.kind
+                        else f"a second edge to '{edge.to}' (`{edge.kind}`, after `{first}`)",
+                        hint="keep one edge per pair of nodes",
+                    )
+                )
+                continue
+            seen[edge.to] = edge.kind
             if edge.kind in DEPENDENCY_EDGE_KINDS:
                 deps.add_edge(node_id, edge.to)
     # simple_cycles' order and starting points vary with the hash seed: start
