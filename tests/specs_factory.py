@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +88,14 @@ def default_personality(base: str | Path) -> dict[str, Any]:
 
 
 def write_base(root: Path) -> Path:
-    """A tiny local 'model directory': just a ``config.json``."""
+    """A tiny local 'model directory': a ``config.json`` and an empty (tensor-less)
+    safetensors file. Enough for a base fingerprint; not a loadable model."""
     base = Path(root) / BASE
     base.mkdir(parents=True, exist_ok=True)
     (base / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}), encoding="utf-8")
+    header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
+    header += b" " * (-len(header) % 8)
+    (base / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     return base
 
 

@@ -207,6 +207,11 @@ CASES: dict[str, Case] = {
         nodes_with(beta=lambda n: n["edges"].append(edge("refines", "alpha"))),
         BETA, "beta", "edges[1].to", "duplicate `refines` edge to 'alpha'",
     ),
+    "two edge kinds to one node": Case(
+        nodes_with(beta=lambda n: n["edges"].append(edge("conflicts", "alpha"))),
+        BETA, "beta", "edges[1].to", "a second edge to 'alpha' (`conflicts`, after `refines`)",
+        hint="one edge per pair",
+    ),
     "refines cycle": Case(
         nodes_with(alpha={"edges": [edge("refines", "gamma")]}), "nodes/alpha.yaml", "alpha", "edges",
         "dependency cycle: alpha -> gamma -> beta -> alpha", hint="make one of these edges `related`",
@@ -346,19 +351,22 @@ def test_check_reports_it_without_traceback_and_writes_nothing(case_name, tmp_pa
 
 
 def test_a_cycle_of_related_edges_is_allowed(tmp_path):
-    nodes = mutated(alpha={"edges": [edge("related", "delta")]})  # delta -related-> alpha already
-    nodes["beta"]["edges"].append(edge("conflicts", "gamma"))
-    nodes["gamma"]["edges"].append(edge("conflicts", "beta"))
+    # alpha -related-> delta -conflicts-> gamma -related-> alpha, and delta -related-> alpha
+    nodes = mutated(alpha={"edges": [edge("related", "delta")]})
+    nodes["gamma"]["edges"].append(edge("related", "alpha"))
     spec = load_specs(write_specs(tmp_path, nodes=nodes))
     g = spec.graph()
-    assert g.has_edge("alpha", "delta") and g.has_edge("delta", "alpha")
+    assert g.has_edge("alpha", "delta") and g.has_edge("delta", "gamma") and g.has_edge("gamma", "alpha")
     assert spec.build_order().index("alpha") < spec.build_order().index("beta") < spec.build_order().index("gamma")
 
 
-def test_same_target_with_two_edge_kinds_is_allowed(tmp_path):
-    nodes = mutated(beta=lambda n: n["edges"].append(edge("conflicts", "alpha")))
+def test_edges_both_ways_between_two_nodes_are_allowed(tmp_path):
+    nodes = mutated(alpha={"edges": [edge("conflicts", "beta")]})  # beta -refines-> alpha already
     spec = load_specs(write_specs(tmp_path, nodes=nodes))
-    assert [e.kind for e in spec.nodes["beta"].spec.edges] == ["refines", "conflicts"]
+    g = spec.graph()
+    assert g.edges["alpha", "beta"]["kind"] == "conflicts"
+    assert g.edges["beta", "alpha"]["kind"] == "refines"
+    assert g.number_of_edges() == 5
 
 
 def test_examples_file_appends_to_inline_examples(tmp_path):
