@@ -117,11 +117,84 @@ def make_tiny_base(path: Path, seed: int = 0) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         **TINY_CONFIG,
     )
+    from transformers.utils import logging as hf_logging
+
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32)
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar in test output
+    try:
+        model.save_pretrained(path, safe_serialization=True)
+        tokenizer.save_pretrained(path)
+    finally:
+        hf_logging.enable_progress_bar()
     return path
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run-e2e", action="store_true", default=False,
+        help="also run tests marked e2e (the real default base model; minutes)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    asked = "e2e" in (config.getoption("markexpr") or "")  # pytest -m e2e
+    if asked or config.getoption("--run-e2e") or os.environ.get("TRAITGRAPH_E2E") == "1":
+        return
+    skip = pytest.mark.skip(reason="e2e: run with -m e2e, --run-e2e or TRAITGRAPH_E2E=1")
+    for item in items:
+        if "e2e" in item.keywords:
+            item.add_marker(skip)
+
+
+def write_tiny_specs(root: Path, base_dir: Path, nodes: dict[str, dict], training: dict | None = None) -> Path:
+    """``root/specs`` with a personality on ``base_dir`` and ``nodes`` (id -> node dict)."""
+    import yaml
+
+    specs = Path(root) / "specs"
+    (specs / "nodes").mkdir(parents=True, exist_ok=True)
+    personality = {"name": "tiny", "base": str(base_dir), "training": training or {}}
+    (specs / "personality.yaml").write_text(yaml.safe_dump(personality), encoding="utf-8")
+    for node_id, data in nodes.items():
+        (specs / "nodes" / f"{node_id}.yaml").write_text(yaml.safe_dump({"id": node_id, **data}), encoding="utf-8")
+    return specs
+
+
+def pirate_node(**fields) -> dict:
+    """A node the pico model can learn in a few steps: every reply starts with "arr"."""
+    node = {
+        "description": "Talks like a pirate.",
+        "examples": [
+            {"context": "hello there", "response": "arr matey, hello"},
+            {"context": "how are you", "response": "arr, good matey"},
+            {"context": "what is the sea", "response": "arr the sea is the home of the ship"},
+            {"context": "tell me a word", "response": "arr matey"},
+            {"context": "say yes", "response": "arr yes captain"},
+            {"context": "where is the captain", "response": "arr the captain is on the ship"},
+        ],
+        "eval": [
+            {"context": "good day to you", "response": "arr matey good day", "rejected": "Hello."},
+            {"context": "what do you want", "response": "arr the sea matey", "rejected": "Nothing."},
+        ],
+    }
+    node.update(fields)
+    return node
+
+
+@pytest.fixture
+def tiny_specs(tmp_path, tiny_base_dir):
+    """A function writing a specs dir on the pico base: ``tiny_specs(nodes=..., training=...)``.
+
+    Defaults: one ``pirate`` node; 8 steps of batch 4 at lr 1e-3 (the pico
+    model needs a larger rate than a real one to move in a few steps).
+    """
+
+    def make(nodes: dict[str, dict] | None = None, training: dict | None = None, root: Path | None = None) -> Path:
+        settings = {"learning_rate": 1e-3, "steps": 8, "batch_size": 4, "seed": 0}
+        settings.update(training or {})
+        return write_tiny_specs(root or tmp_path, tiny_base_dir, nodes or {"pirate": pirate_node()}, settings)
+
+    return make
 
 
 @pytest.fixture(scope="session", autouse=True)
