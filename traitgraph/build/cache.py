@@ -34,17 +34,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from traitgraph.atomic import sha256_file, write_text_atomic
+from traitgraph.compiler.base_model import default_cache_dir
 from traitgraph.errors import BuildError
 
 
 class CorruptEntry(BuildError):
     """A cached vector whose bytes no longer match its record (it has been evicted)."""
-
-
-def default_cache_dir() -> Path:
-    """``$TRAITGRAPH_CACHE`` or ``~/.cache/traitgraph``."""
-    env = os.environ.get("TRAITGRAPH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "traitgraph"
 
 
 class VectorRecord(BaseModel):
