@@ -1,0 +1,102 @@
+"""Train one node into a task vector, and show what it changed.
+
+    traitgraph train [SPECS_DIR] NODE [-o FILE] [--no-progress]
+
+Without ``-o`` the vector goes into the task-vector cache under the node's
+training hash, exactly where ``traitgraph build`` looks for it (a later build
+is then a cache hit). A node that ``refines`` others trains on top of their
+vectors, which must be built first.
+
+Printed afterwards: where τ went, and two losses before and after (base vs
+base + τ): the node's held-out eval cases (should drop) and general text
+(should barely move). Training uses ``$TRAITGRAPH_TRAIN_THREADS`` torch
+threads (default 1), like ``build``, so both produce the same bits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("specs_dir", nargs="?", default="specs", help="specs directory (default: specs)")
+    parser.add_argument("node", help="id of the node to train")
+    parser.add_argument("-o", "--out", default=None, help="write τ here instead of into the cache")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--general-lines", type=int, default=48, metavar="N",
+        help="general-text lines scored before/after (default 48; 0 skips it)",
+    )
+
+
+def _pct(before: float, after: float) -> str:
+    return f"{100.0 * (after - before) / before:+.1f}%" if before else "n/a"
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from traitgraph.atomic import sha256_file
+    from traitgraph.build.cache import VectorCache
+    from traitgraph.build.tasks import train_threads
+    from traitgraph.compiler.base_model import load_model, resolve_base
+    from traitgraph.compiler.data import load_general_text
+    from traitgraph.compiler.train import apply_task_vectors, eval_loss, train_node
+    from traitgraph.errors import BuildError, UserError
+    from traitgraph.graph import load_specs
+    from traitgraph.graph.hashing import node_hashes, training_payload
+
+    spec = load_specs(args.specs_dir)
+    if args.node not in spec.nodes:
+        raise UserError(f"no node '{args.node}' in {spec.specs_dir}; nodes: {', '.join(sorted(spec.nodes))}")
+    torch.set_num_threads(train_threads())
+    base = resolve_base(spec.personality.base, spec.specs_dir)
+    hashes = node_hashes(spec, base.fingerprint)
+    cache = VectorCache()
+
+    parents = []
+    for dep in spec.dependencies(args.node):
+        if not cache.is_fresh(hashes[dep]):
+            raise BuildError(
+                f"node '{args.node}' refines '{dep}', which is not built yet: "
+                f"run `traitgraph train {args.specs_dir} {dep}` (or `traitgraph build`) first"
+            )
+        parents.append(cache.verify(hashes[dep]))
+    out = Path(args.out) if args.out else cache.vector_path(hashes[args.node])
+
+    # Before: the starting weights (base + parents).
+    model, tokenizer = load_model(base)
+    apply_task_vectors(model, parents)
+    node = spec.nodes[args.node]
+    cases = list(node.spec.eval)
+    general: list[str] = []
+    if args.general_lines > 0:
+        rel = spec.personality.eval.general_text
+        general = load_general_text(spec.specs_dir / rel if rel else None)[: args.general_lines]
+    before_eval = eval_loss(model, tokenizer, cases) if cases else None
+    before_general = eval_loss(model, tokenizer, general) if general else None
+
+    progress = not args.no_progress and sys.stderr.isatty()
+    meta = train_node(spec, args.node, base, out, parent_vectors=parents, progress=progress,
+                      node_hash=hashes[args.node])
+    if args.out is None:
+        cache.commit(hashes[args.node], args.node, training_payload(spec, args.node, base.fingerprint, hashes))
+
+    apply_task_vectors(model, [out])
+    start = "base+parents" if parents else "base"
+    size_mb = os.path.getsize(out) / 1e6
+    print(f"train:{args.node}: {meta.steps} steps, {meta.tokens} response tokens, {meta.seconds:.1f} s, "
+          f"final loss {meta.final_loss:.4f} (oscillation {meta.oscillation:.2f})")
+    print(f"τ: {out} ({size_mb:.1f} MB, sha256 {sha256_file(out)[:12]})")
+    if before_eval is not None:
+        after = eval_loss(model, tokenizer, cases)
+        print(f"eval-case loss ({len(cases)} cases):       {start} {before_eval:.4f} -> +τ {after:.4f} "
+              f"({_pct(before_eval, after)})")
+    if before_general is not None:
+        after = eval_loss(model, tokenizer, general)
+        print(f"general-text loss ({len(general)} lines): {start} {before_general:.4f} -> +τ {after:.4f} "
+              f"({_pct(before_general, after)})")
+    return 0
