@@ -1,0 +1,210 @@
+"""TIES-Merging (Yadav et al., "TIES-Merging: Resolving Interference When Merging
+Models", NeurIPS 2023, arXiv 2306.01708).
+
+Three steps per tensor, on task vectors τ_1..τ_n with weights w_1..w_n:
+
+1. **Trim**: keep the k = max(1, ⌊density · numel⌋) entries of largest |τ_i|
+   in each tensor, zero the rest (:class:`MagnitudeTrim`). We trim *per tensor*
+   (as mergekit and PEFT do); the original repository trims over the whole
+   flattened model. Ties at the threshold are broken by position (the first
+   entries in flat order are kept), so exactly k entries survive.
+2. **Elect** a sign per entry: γ = sign(Σ_i v_i), with γ = +1 where the sum is
+   0. The votes v_i are the trimmed vectors either weighted or not:
+
+   ============  ===============  ==========================================
+   sign_vote     v_i              used by
+   ============  ===============  ==========================================
+   ``weighted``  w_i · trim(τ_i)  mergekit; the direction i pushes the model
+   ``unweighted``  trim(τ_i)      PEFT (``peft.utils.merge_utils.ties``)
+   ============  ===============  ==========================================
+
+3. **Disjoint mean** over the agreeing vectors A = {i : sign(v_i) = γ}::
+
+       delta = λ · Σ_{i∈A} w_i · trim(τ_i) / D
+
+   ==================  ====================  =================================
+   normalize           D                     used by
+   ==================  ====================  =================================
+   ``count``           |A|                   PEFT; the paper's disjoint mean
+   ``weights``         Σ_{i∈A} |w_i|         mergekit, when every w_i > 0
+   ``signed_weights``  Σ_{i∈A} w_i           mergekit's literal formula
+   ``none``            1                     mergekit with ``normalize: false``
+   ==================  ====================  =================================
+
+   D = 0 (no agreeing vector, or signed weights that cancel) counts as 1.
+
+traitgraph's default is ``weighted`` + ``count``: one node of weight −w gives
+delta = −w · trim(τ) (its behaviour pushed below the base), and a node's weight
+keeps its meaning as an absolute strength. mergekit's ``signed_weights``
+divides −w · τ by −w and *adds* the behaviour instead; ``weights`` keeps the
+sign but discards the strength of a lone vector (delta = −trim(τ) for any w).
+The unweighted vote lets a negatively weighted vector vote for the opposite of
+what it contributes.
+
+Everything here is a pure function of tensors. :class:`MagnitudeTrim` and
+:class:`DisjointMerge` also work chunk by chunk, which is how the streaming
+linker uses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from traitgraph.build.merging.task_arithmetic import NORMALIZE_CHOICES, Normalize
+
+SignVote = Literal["weighted", "unweighted"]
+SIGN_VOTE_CHOICES: tuple[str, ...] = ("weighted", "unweighted")
+
+
+def keep_count(numel: int, density: float) -> int:
+    """How many entries the trim keeps: max(1, ⌊density · numel⌋), all at density ≥ 1 (as mergekit)."""
+    if density >= 1.0 or numel == 0:
+        return numel
+    return min(numel, max(1, int(density * numel)))
+
+
+@dataclass
+class MagnitudeTrim:
+    """Top-k by magnitude of one tensor, applied to its chunks in flat order.
+
+    ``fit`` finds the k-th largest magnitude (the threshold) and how many of
+    the entries equal to it still fit into k; ``apply`` keeps every entry above
+    the threshold and the first ``ties_left`` entries equal to it, so chunks
+    must be passed exactly once, in order. Memory: one copy of |τ| while
+    fitting (``torch.kthvalue``, O(n), instead of a full sort).
+
+    >>> trim = MagnitudeTrim.fit(torch.tensor([3.0, -1.0, 2.0, -1.0]).abs(), density=0.5)
+    >>> trim.apply(torch.tensor([3.0, -1.0, 2.0, -1.0]))
+    tensor([3., 0., 2., 0.])
+    """
+
+    threshold: float
+    ties_left: int
+    keep_all: bool = False
+
+    @classmethod
+    def fit(cls, magnitudes: torch.Tensor, density: float) -> "MagnitudeTrim":
+        flat = magnitudes.reshape(-1)
+        numel = flat.numel()
+        k = keep_count(numel, density)
+        if k >= numel:
+            return cls(threshold=0.0, ties_left=0, keep_all=True)
+        threshold = torch.kthvalue(flat, numel - k + 1).values
+        above = int((flat > threshold).sum())
+        return cls(threshold=float(threshold), ties_left=k - above)
+
+    def apply(self, chunk: torch.Tensor) -> torch.Tensor:
+        """``chunk`` (the next entries in flat order) with the trimmed entries zeroed."""
+        if self.keep_all:
+            return chunk
+        magnitude = chunk.abs()
+        keep = magnitude > self.threshold
+        if self.ties_left > 0:
+            tie = (magnitude == self.threshold).reshape(-1)
+            positions = tie.nonzero().reshape(-1)[: self.ties_left]
+            self.ties_left -= positions.numel()
+            keep.reshape(-1)[positions] = True
+        return torch.where(keep, chunk, torch.zeros((), dtype=chunk.dtype))
+
+
+def trim(tau: torch.Tensor, density: float) -> torch.Tensor:
+    """τ with all but its k largest-magnitude entries zeroed (TIES step 1).
+
+    >>> trim(torch.tensor([0.1, -5.0, 0.3, 2.0]), density=0.5)
+    tensor([ 0., -5.,  0.,  2.])
+    """
+    return MagnitudeTrim.fit(tau.abs(), density).apply(tau)
+
+
+class DisjointMerge:
+    """TIES's sign election and disjoint mean, one (trimmed) task vector at a time.
+
+    Keeps five running sums per entry instead of the stacked vectors, so
+    memory does not grow with the number of vectors: the vote Σ v_i, and for
+    each sign s ∈ {+, −} the contributions Σ w_i τ_i and divisors Σ d_i of the
+    vectors whose vote has sign s. The elected sign then picks one side.
+    """
+
+    def __init__(self, sign_vote: SignVote = "weighted", normalize: Normalize = "count") -> None:
+        if sign_vote not in SIGN_VOTE_CHOICES:
+            raise ValueError(f"unknown sign_vote {sign_vote!r}; one of {', '.join(SIGN_VOTE_CHOICES)}")
+        if normalize not in NORMALIZE_CHOICES:
+            raise ValueError(f"unknown normalize {normalize!r}; one of {', '.join(NORMALIZE_CHOICES)}")
+        self.sign_vote = sign_vote
+        self.normalize = normalize
+        self._sums: dict[str, torch.Tensor] | None = None
+
+    def add(self, tau: torch.Tensor, weight: float) -> None:
+        """Add one trimmed (or dropped) task vector τ_i with weight w_i."""
+        weighted = tau * weight
+        vote = weighted if self.sign_vote == "weighted" else tau
+        positive, negative = vote > 0, vote < 0
+        zero = torch.zeros((), dtype=weighted.dtype)
+        parts = {
+            "vote": vote if vote is not tau else vote.clone(),
+            "pos": torch.where(positive, weighted, zero),
+            "neg": torch.where(negative, weighted, zero),
+        }
+        if self.normalize != "none":
+            d = {"count": 1.0, "weights": abs(weight), "signed_weights": weight}[self.normalize]
+            parts["pos_div"] = positive.to(weighted.dtype) * d
+            parts["neg_div"] = negative.to(weighted.dtype) * d
+        if self._sums is None:
+            self._sums = parts
+        else:
+            for key, value in parts.items():
+                self._sums[key].add_(value)
+
+    def result(self) -> torch.Tensor:
+        """The disjoint mean (before λ); zeros where no vector agrees."""
+        if self._sums is None:
+            raise ValueError("nothing was added")
+        s = self._sums
+        elected_positive = s["vote"] >= 0  # γ = +1 where the vote sums to zero (mergekit, PEFT)
+        merged = torch.where(elected_positive, s["pos"], s["neg"])
+        if self.normalize != "none":
+            divisor = torch.where(elected_positive, s["pos_div"], s["neg_div"])
+            divisor = torch.where(divisor == 0, torch.ones((), dtype=divisor.dtype), divisor)
+            merged = merged / divisor
+        return merged
+
+
+def _per_input(value: float | Sequence[float], n: int, what: str) -> list[float]:
+    if isinstance(value, (int, float)):
+        return [float(value)] * n
+    values = [float(v) for v in value]
+    if len(values) != n:
+        raise ValueError(f"{n} task tensors but {len(values)} {what}")
+    return values
+
+
+def ties(
+    task_tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    density: float | Sequence[float],
+    lambda_: float = 1.0,
+    sign_vote: SignVote = "weighted",
+    normalize: Normalize = "count",
+) -> torch.Tensor:
+    """The TIES-merged delta (float32), so that W = W_base + delta.
+
+    ``density`` is one fraction or one per task tensor (mergekit's per-model
+    density). See the module docstring for the exact formula of each option.
+
+    >>> a, b = torch.tensor([2.0, 1.0, -1.0]), torch.tensor([-1.0, 3.0, -3.0])
+    >>> ties([a, b], [1.0, 1.0], density=1.0)        # elect +, +, −; mean of the agreeing
+    tensor([ 2.,  2., -2.])
+    """
+    n = len(task_tensors)
+    if n != len(weights):
+        raise ValueError(f"{n} task tensors but {len(weights)} weights")
+    densities = _per_input(density, n, "densities")
+    merge = DisjointMerge(sign_vote, normalize)
+    for tau, w, d in zip(task_tensors, weights, densities):
+        merge.add(trim(tau.to(torch.float32), d), float(w))
+    delta = merge.result()
+    return delta * lambda_ if lambda_ != 1.0 else delta
