@@ -1,0 +1,582 @@
+"""The linker: task vectors + weights + merge settings -> one Hugging Face checkpoint.
+
+>>> outputs = link_checkpoint(base_dir, [LinkInput("pirate", tau_path, 1.0)], MergeSettings(), out_dir)   # doctest: +SKIP
+>>> outputs["model.safetensors"]                                                                      # doctest: +SKIP
+'9f2c...'
+
+**Streaming.** For each tensor of the base checkpoint (in the base's order),
+the base tensor and each task vector's tensor are read through ``safe_open``
+in row chunks of at most :data:`CHUNK_ELEMENTS` entries, merged in float32
+(:class:`~traitgraph.build.merging.TensorMerge`), cast to the output dtype and
+written straight into the output shard: each shard's safetensors header is
+computed up front from the base's shapes, so no shard is ever held in memory.
+TIES first reads each vector's whole tensor once to fit its trim threshold.
+Peak memory is therefore about two float32 copies of the largest tensor plus
+a chunk per input, whatever the model size or number of vectors. ``safe_open``
+memory-maps files and touched pages count towards the process's resident
+size until the file is closed, so handles are closed every
+:data:`READ_BUDGET` bytes read.
+
+**Atomic.** Everything is written into a hidden temporary directory beside
+``out_dir`` and renamed into place at the end; an interrupted link leaves no
+``out_dir`` (or the previous one, untouched). An existing ``out_dir`` is moved
+aside, the new one renamed in, then the old one deleted.
+
+**Reproducible.** Same inputs, same output bytes: the inputs are merged in
+order of their names, the drop masks are seeded from names, the safetensors
+metadata is ``{"format": "pt"}`` (no time stamps) and JSON is written with
+sorted keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import safe_open
+
+from traitgraph.atomic import sha256_file
+from traitgraph.build.merging import MergeOptions, TensorMerge, derive_seed
+from traitgraph.compiler.task_vector import open_task_vector, read_task_vector_meta
+from traitgraph.errors import BuildError, UserError
+
+if TYPE_CHECKING:
+    from traitgraph.graph.schema import MergeSettings
+
+#: Entries per chunk of one tensor (16 MB in float32); the linker's unit of work.
+CHUNK_ELEMENTS = 1 << 22
+#: Bytes read through memory maps before every handle is closed (drops the mapped pages).
+READ_BUDGET = 64 << 20
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+#: Files copied from the base directory: config, generation config, tokenizer, chat template, code.
+SIDE_FILE_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken", ".py")
+#: Never copied: weight indexes (ours replace them) and the base conversion's own record.
+SIDE_FILE_EXCLUDE = {INDEX_FILE, "pytorch_model.bin.index.json", "traitgraph-base.json"}
+
+_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+@dataclass(frozen=True)
+class LinkInput:
+    """One task vector to link.
+
+    ``path`` is a traitgraph task-vector file, or a fine-tuned Hugging Face
+    directory whose τ = its weights − the base's is taken tensor by tensor
+    (``traitgraph merge`` uses that). ``name`` (the node id) names errors and
+    seeds DARE's drop mask; names must be unique. ``density`` overrides the
+    merge settings' density for this input (mergekit's per-model density).
+    """
+
+    name: str
+    path: Path
+    weight: float
+    density: float | None = None
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``"500MB"``, ``"2GB"``, ``"1.5GiB"`` (GB = 10^9, as transformers counts).
+
+    >>> parse_size("2GB"), parse_size("1KiB")
+    (2000000000, 1024)
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)\s*", text)
+    if not m:
+        raise UserError(f"cannot read size {text!r}; write e.g. 500MB, 2GB or 1GiB")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class HandlePool:
+    """Open ``safe_open`` handles, closed all together every ``budget`` bytes read.
+
+    A memory-mapped page stays in the process's resident set while its file is
+    open; closing the handles lets the kernel drop them, so reading a whole
+    model costs ``budget`` of resident memory, not the model's size.
+    """
+
+    def __init__(self, budget: int | None = None) -> None:
+        self.budget = READ_BUDGET if budget is None else budget
+        self._open: dict[tuple[Path, bool], Any] = {}
+        self._stack = contextlib.ExitStack()
+        self._charged = 0
+
+    def handle(self, path: Path, task_vector: bool):
+        key = (path, task_vector)
+        if key not in self._open:
+            opener = open_task_vector if task_vector else (lambda p: safe_open(str(p), framework="pt"))
+            self._open[key] = self._stack.enter_context(opener(path))
+        return self._open[key]
+
+    def charge(self, nbytes: int) -> None:
+        self._charged += nbytes
+        if self._charged >= self.budget:
+            self.close()
+
+    def close(self) -> None:
+        self._stack.close()
+        self._stack = contextlib.ExitStack()
+        self._open.clear()
+        self._charged = 0
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    file: Path
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+def read_headers(files: Sequence[Path], task_vector: bool, what: str) -> dict[str, TensorInfo]:
+    """Name -> shape, dtype and file of every tensor in ``files`` (headers only)."""
+    infos: dict[str, TensorInfo] = {}
+    for path in files:
+        try:
+            opener = open_task_vector if task_vector else (lambda p: safe_open(str(p), framework="pt"))
+            with opener(path) as handle:
+                for name in handle.keys():
+                    view = handle.get_slice(name)
+                    dtype_name = view.get_dtype()
+                    if dtype_name not in SAFETENSORS_DTYPES:
+                        raise BuildError(f"{what}: tensor '{name}' in {path} has dtype {dtype_name}, which the linker does not read")
+                    infos[name] = TensorInfo(path, tuple(view.get_shape()), SAFETENSORS_DTYPES[dtype_name])
+        except BuildError:
+            raise
+        except Exception as exc:  # safetensors raises several types for a torn file
+            raise BuildError(f"{what}: cannot read {path} ({exc})") from exc
+    return infos
+
+
+def checkpoint_files(directory: Path) -> list[Path]:
+    """The safetensors files of a Hugging Face directory (one file, or the index's shards)."""
+    directory = Path(directory)
+    index = directory / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise BuildError(f"{index}: not a safetensors index ({exc})") from exc
+        files = [directory / f for f in sorted(set(weight_map.values()))]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise BuildError(f"{directory}: shards listed in {INDEX_FILE} are missing: {', '.join(missing)}")
+        return files
+    single = directory / SINGLE_FILE
+    if single.is_file():
+        return [single]
+    if any(directory.glob("*.bin")):
+        raise BuildError(f"{directory}: weights are pickles (*.bin); traitgraph loads weights only through safetensors")
+    raise BuildError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE}; not a safetensors checkpoint")
+
+
+class TensorFiles:
+    """Read row ranges of named tensors through a shared handle pool."""
+
+    def __init__(self, infos: dict[str, TensorInfo], pool: HandlePool, task_vector: bool) -> None:
+        self.infos = infos
+        self.pool = pool
+        self.task_vector = task_vector
+
+    def read_rows(self, name: str, r0: int, r1: int) -> torch.Tensor:
+        """Rows ``[r0, r1)`` of ``name`` in its own dtype, flattened (a private copy)."""
+        info = self.infos[name]
+        handle = self.pool.handle(info.file, self.task_vector)
+        if not info.shape:
+            chunk = handle.get_tensor(name).reshape(1).clone()
+        else:
+            chunk = handle.get_slice(name)[r0:r1].reshape(-1)
+        self.pool.charge(chunk.numel() * info.dtype.itemsize)
+        return chunk
+
+
+@dataclass
+class _Source:
+    """One input: reads chunks of its τ (float32), or None where it has none."""
+
+    input: LinkInput
+    tensors: TensorFiles
+    minus_base: bool  # a fine-tuned model: τ = W − W_base
+
+    def has(self, name: str) -> bool:
+        return name in self.tensors.infos
+
+    def tau_rows(self, name: str, r0: int, r1: int, base_rows: torch.Tensor) -> torch.Tensor:
+        chunk = self.tensors.read_rows(name, r0, r1).to(torch.float32)
+        if self.minus_base:
+            return chunk - base_rows
+        if not torch.isfinite(chunk).all():
+            raise BuildError(f"node '{self.input.name}': task vector {self.input.path} has NaN or infinite values in tensor '{name}'")
+        return chunk
+
+
+def _check_inputs(base: dict[str, TensorInfo], base_dir: Path, inputs: Sequence[LinkInput], pool: HandlePool) -> list[_Source]:
+    names = [i.name for i in inputs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UserError(f"link inputs must have unique names; repeated: {', '.join(duplicates)}")
+    sources = []
+    for inp in inputs:
+        what = f"node '{inp.name}'"
+        if not math.isfinite(inp.weight):
+            raise UserError(f"{what}: weight must be a finite number, got {inp.weight}")
+        if inp.density is not None and not 0.0 < inp.density <= 1.0:
+            raise UserError(f"{what}: density must be in (0, 1], got {inp.density}")
+        path = Path(inp.path)
+        if path.is_dir():
+            infos = read_headers(checkpoint_files(path), False, what)
+            missing = sorted(set(base) - set(infos))
+            if missing:
+                raise BuildError(f"{what}: model {path} lacks base tensors: {', '.join(missing[:5])}")
+            minus_base = True
+        elif path.is_file():
+            read_task_vector_meta(path)  # the format check; raises BuildError naming the file
+            infos = read_headers([path], True, what)
+            minus_base = False
+        else:
+            raise BuildError(f"{what}: task vector not found: {path}")
+        for name, info in infos.items():
+            if name not in base:
+                raise BuildError(f"{what}: tensor '{name}' of {path} is not in the base checkpoint {base_dir}")
+            if info.shape != base[name].shape:
+                raise BuildError(
+                    f"{what}: tensor '{name}' has shape {list(info.shape)} in {path} "
+                    f"but {list(base[name].shape)} in the base"
+                )
+            if not (info.dtype.is_floating_point and base[name].dtype.is_floating_point):
+                raise BuildError(f"{what}: tensor '{name}' is not floating point; only float weights can be merged")
+        sources.append(_Source(inp, TensorFiles(infos, pool, task_vector=not minus_base), minus_base))
+    return sources
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass
+class _Shard:
+    file: str
+    names: list[str] = field(default_factory=list)
+    nbytes: int = 0
+
+
+def _plan_shards(names: Sequence[str], sizes: dict[str, int], max_bytes: int) -> list[_Shard]:
+    """Greedy split in the base's tensor order; a tensor bigger than the limit gets its own shard."""
+    shards = [_Shard("")]
+    for name in names:
+        if shards[-1].names and shards[-1].nbytes + sizes[name] > max_bytes:
+            shards.append(_Shard(""))
+        shards[-1].names.append(name)
+        shards[-1].nbytes += sizes[name]
+    if len(shards) == 1:
+        shards[0].file = SINGLE_FILE
+    else:
+        for i, shard in enumerate(shards):
+            shard.file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    return shards
+
+
+class _ShardWriter:
+    """Writes one safetensors file tensor by tensor, chunk by chunk, hashing as it goes.
+
+    The header (names, dtypes, shapes, offsets) is fixed before the first byte
+    of data, so tensors must then arrive in :attr:`order`: by dtype size, largest
+    first, then by name (as ``safetensors.save_file`` orders them), which keeps
+    every tensor aligned for memory-mapped loading.
+    """
+
+    def __init__(self, path: Path, entries: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> None:
+        self.order = sorted(entries, key=lambda n: (-entries[n][0].itemsize, n))
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        self._expected: dict[str, int] = {}
+        for name in self.order:
+            dtype, shape = entries[name]
+            nbytes = math.prod(shape) * dtype.itemsize
+            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._expected[name] = nbytes
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)
+        self._hash = hashlib.sha256()
+        self._fh = open(path, "wb")
+        self._write(struct.pack("<Q", len(raw)) + raw)
+        self._current: str | None = None
+        self._written = 0
+
+    def _write(self, data) -> None:
+        self._fh.write(data)
+        self._hash.update(data)
+
+    def begin(self, name: str) -> None:
+        self._current, self._written = name, 0
+
+    def write(self, chunk: torch.Tensor) -> None:
+        data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._write(memoryview(data))
+        self._written += data.nbytes
+
+    def end(self) -> None:
+        if self._written != self._expected[self._current]:
+            raise RuntimeError(f"tensor '{self._current}': wrote {self._written} bytes, header says {self._expected[self._current]}")
+
+    def close(self) -> str:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        return self._hash.hexdigest()
+
+    def abort(self) -> None:
+        self._fh.close()
+
+
+def row_chunks(info: TensorInfo) -> Iterator[tuple[int, int, int]]:
+    """(first row, end row, flat start) of each chunk of a tensor."""
+    rows = info.rows
+    per_row = max(1, info.numel // max(rows, 1))
+    step = max(1, CHUNK_ELEMENTS // per_row)
+    for r0 in range(0, rows, step):
+        yield r0, min(rows, r0 + step), r0 * per_row
+
+
+def _merge_tensor(
+    name: str,
+    info: TensorInfo,
+    out_dtype: torch.dtype,
+    base: TensorFiles,
+    sources: Sequence[_Source],
+    options: MergeOptions,
+    writer: _ShardWriter,
+) -> None:
+    present = [s for s in sources if s.has(name)]
+    if not present:  # no vector touches this tensor: the base's bytes, cast if asked
+        for r0, r1, _ in row_chunks(info):
+            writer.write(base.read_rows(name, r0, r1).to(out_dtype))
+        return
+    merge = TensorMerge(
+        options,
+        weights=[s.input.weight for s in sources],
+        numel=info.numel,
+        densities=[s.input.density if s.input.density is not None else options.density for s in sources],
+        seeds=[derive_seed(options.seed, name, s.input.name) for s in sources],
+    )
+    if merge.needs_magnitudes:  # TIES: fit each vector's trim threshold on its whole |τ|
+        for index, source in enumerate(sources):
+            if not source.has(name):
+                continue
+            magnitudes = torch.empty(info.numel, dtype=torch.float32)
+            for r0, r1, start in row_chunks(info):
+                base_rows = base.read_rows(name, r0, r1).to(torch.float32) if source.minus_base else None
+                tau = source.tau_rows(name, r0, r1, base_rows)
+                magnitudes[start : start + tau.numel()] = tau.abs()
+            merge.fit(index, magnitudes)
+            del magnitudes
+    for r0, r1, start in row_chunks(info):
+        base_rows = base.read_rows(name, r0, r1).to(torch.float32)
+        taus = [s.tau_rows(name, r0, r1, base_rows) if s.has(name) else None for s in sources]
+        delta = merge.merge_chunk(taus, start)
+        writer.write((base_rows + delta).to(out_dtype))
+
+
+# --------------------------------------------------------------------------- the linker
+
+
+def _side_files(base_dir: Path) -> list[Path]:
+    return sorted(
+        p for p in base_dir.iterdir()
+        if p.is_file() and p.suffix in SIDE_FILE_SUFFIXES and p.name not in SIDE_FILE_EXCLUDE
+        and not p.name.startswith(".")
+    )
+
+
+def _copy_side_files(base_dir: Path, tmp: Path, dtype: str) -> None:
+    for src in _side_files(base_dir):
+        dst = tmp / src.name
+        if src.name == "config.json" and dtype != "auto":
+            config = json.loads(src.read_text(encoding="utf-8"))
+            for key in ("dtype", "torch_dtype"):
+                if key in config or key == "dtype":
+                    config[key] = dtype
+            dst.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        else:
+            shutil.copyfile(src, dst)
+
+
+def _check_out_dir(out_dir: Path, base_dir: Path, inputs: Sequence[LinkInput]) -> None:
+    out = out_dir.resolve()
+    for what, path in [("the base", base_dir), *((f"node '{i.name}'", Path(i.path)) for i in inputs)]:
+        p = Path(path).resolve()
+        if p == out or out in p.parents:
+            raise UserError(f"output directory {out_dir} contains {what} ({path}); choose another output directory")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise UserError(f"output {out_dir} exists and is not a directory")
+        contents = [p.name for p in out_dir.iterdir()]
+        looks_like_checkpoint = "config.json" in contents or any(n.endswith(".safetensors") for n in contents)
+        if contents and not looks_like_checkpoint:
+            raise UserError(
+                f"output directory {out_dir} is not empty and holds no checkpoint; "
+                "refusing to replace it (choose another directory or empty it)"
+            )
+
+
+def _install(tmp: Path, out_dir: Path) -> None:
+    """Rename ``tmp`` to ``out_dir``; an existing ``out_dir`` is moved aside first, then deleted."""
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.rmdir(old)
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    with contextlib.suppress(OSError):
+        fd = os.open(out_dir.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def link(
+    base_dir: str | os.PathLike,
+    inputs: Sequence[LinkInput],
+    options: MergeOptions,
+    out_dir: str | os.PathLike,
+    *,
+    dtype: str = "auto",
+    max_shard_size: str = "2GB",
+    progress: bool = True,
+    expect: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Link ``inputs`` onto the base with ``options``; see :func:`link_checkpoint`.
+
+    ``expect`` (relative file name -> sha256, from a lock file) is checked before
+    the output is renamed into place: on any difference nothing is replaced.
+    """
+    if sys.byteorder != "little":
+        raise BuildError("the linker writes safetensors (little-endian) and runs only on little-endian machines")
+    if dtype != "auto" and dtype not in OUTPUT_DTYPES:
+        raise UserError(f"output dtype must be auto or one of {', '.join(OUTPUT_DTYPES)}, got {dtype!r}")
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    max_bytes = parse_size(max_shard_size)
+    inputs = sorted(inputs, key=lambda i: i.name)  # the sum's order is part of the bits
+    _check_out_dir(out_dir, base_dir, inputs)
+
+    pool = HandlePool()
+    base = TensorFiles(read_headers(checkpoint_files(base_dir), False, f"base {base_dir}"), pool, task_vector=False)
+    sources = _check_inputs(base.infos, base_dir, inputs, pool)
+    names = list(base.infos)
+    out_dtypes = {
+        n: OUTPUT_DTYPES[dtype] if dtype != "auto" and info.dtype.is_floating_point else info.dtype
+        for n, info in base.infos.items()
+    }
+    sizes = {n: base.infos[n].numel * out_dtypes[n].itemsize for n in names}
+    shards = _plan_shards(names, sizes, max_bytes)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is an ordinary directory
+    outputs: dict[str, str] = {}
+    try:
+        from tqdm import tqdm
+
+        with tqdm(total=len(names), desc="link", unit="tensor", disable=not progress, file=sys.stderr) as bar:
+            for shard in shards:
+                writer = _ShardWriter(tmp / shard.file, {n: (out_dtypes[n], base.infos[n].shape) for n in shard.names})
+                try:
+                    for name in writer.order:
+                        writer.begin(name)
+                        _merge_tensor(name, base.infos[name], out_dtypes[name], base, sources, options, writer)
+                        writer.end()
+                        bar.update(1)
+                except BaseException:
+                    writer.abort()
+                    raise
+                outputs[shard.file] = writer.close()
+        pool.close()
+        if len(shards) > 1:
+            index = {
+                "metadata": {"total_size": sum(sizes.values())},
+                "weight_map": {n: s.file for s in shards for n in s.names},
+            }
+            (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _copy_side_files(base_dir, tmp, dtype)
+        for path in sorted(tmp.iterdir()):
+            if path.name not in outputs:
+                outputs[path.name] = sha256_file(path)
+        outputs = dict(sorted(outputs.items()))
+        if expect is not None and outputs != expect:
+            differ = sorted(n for n in set(outputs) | set(expect) if outputs.get(n) != expect.get(n))
+            raise BuildError(
+                f"relinked checkpoint differs from the lock in: {', '.join(differ)}; "
+                f"{out_dir} was left as it was"
+            )
+        _install(tmp, out_dir)
+    except BaseException:
+        pool.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return outputs
+
+
+def link_checkpoint(
+    base_dir: Path,
+    inputs: list[LinkInput],
+    settings: "MergeSettings",
+    out_dir: Path,
+    *,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Merge task vectors into a Hugging Face checkpoint at ``out_dir``.
+
+    W = W_base + merge({w_i · τ_i}) tensor by tensor, with ``settings``
+    (method, density, λ, sign vote, normalize, seed, output dtype, shard
+    size). Returns each output file's name (relative to ``out_dir``) and
+    sha256. A τ tensor the base lacks, or of another shape, is a
+    :class:`BuildError` naming the node and the tensor.
+
+    >>> link_checkpoint(base, [LinkInput("pirate", Path("pirate.safetensors"), 0.8)],
+    ...                 MergeSettings(method="ties", density=0.2), Path("out/checkpoint"))  # doctest: +SKIP
+    {'config.json': '...', 'model.safetensors': '...', ...}
+    """
+    return link(
+        base_dir, inputs, MergeOptions.from_settings(settings), out_dir,
+        dtype=settings.dtype, max_shard_size=settings.max_shard_size, progress=progress,
+    )

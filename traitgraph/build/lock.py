@@ -1,0 +1,139 @@
+"""The lock file: the exact recipe of one linked checkpoint.
+
+    {
+      "base": {"fingerprint": "sha256:...", "reference": "smollm2-135m-instruct"},
+      "merge": {"density": 0.2, "dtype": "auto", "lambda": 1.0, "method": "ties", ...},
+      "nodes": [{"id": "pirate", "training_hash": "...", "vector_sha256": "...", "weight": 0.8}, ...],
+      "outputs": {"config.json": "...", "model.safetensors": "...", ...},
+      "traitgraph_version": "0.1.0"
+    }
+
+Keys are sorted and the file is written atomically, so the same build gives
+the same bytes. :func:`relink` rebuilds exactly the checkpoint a lock
+describes from the cached task vectors: each vector's sha256 is checked
+against the lock before linking, and every output file's after, before
+anything is renamed into place.
+
+>>> lock = read_lock("out/traitgraph.lock")                                  # doctest: +SKIP
+>>> relink(lock, cache.vector_path, base_dir, Path("restored/checkpoint"))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from traitgraph.atomic import sha256_file, write_text_atomic
+from traitgraph.build.link import LinkInput, link
+from traitgraph.build.merging import MergeOptions
+from traitgraph.errors import BuildError
+from traitgraph.graph.schema import MergeSettings
+
+
+class _LockModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class LockBase(_LockModel):
+    """The base the vectors are relative to."""
+
+    reference: str = Field(description="The personality's `base:` as written.")
+    fingerprint: str = Field(description="Fingerprint of the base weights (sha256:...).")
+
+
+class LockNode(_LockModel):
+    """One linked task vector."""
+
+    id: str = Field(description="Node id.")
+    training_hash: str = Field(description="The node's training hash (the cache key of its vector).")
+    vector_sha256: str = Field(description="sha256 of the task-vector file that was linked.")
+    weight: float = Field(description="The weight it was linked with.")
+
+
+class LockFile(_LockModel):
+    """``traitgraph.lock``: every input and output hash of one link, and the merge recipe."""
+
+    traitgraph_version: str = Field(description="Version of traitgraph that linked it.")
+    base: LockBase
+    nodes: list[LockNode] = Field(description="The linked vectors (any order; the linker sorts by id).")
+    merge: MergeSettings = Field(description="The full merge settings.")
+    outputs: dict[str, str] = Field(description="Output file (relative to the checkpoint dir) -> sha256.")
+
+
+def lock_json(lock: LockFile) -> str:
+    """The lock as stable JSON: sorted keys, aliases (`lambda`), trailing newline."""
+    return json.dumps(lock.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True) + "\n"
+
+
+def write_lock(path: str | os.PathLike, lock: LockFile) -> None:
+    """Write ``lock`` to ``path`` atomically."""
+    write_text_atomic(path, lock_json(lock))
+
+
+def read_lock(path: str | os.PathLike) -> LockFile:
+    """Read and validate a lock file; a :class:`BuildError` naming the file and field otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BuildError(f"{path}: lock file not found") from None
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"{path}: not a readable lock file ({exc})") from exc
+    try:
+        return LockFile.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<top>'}: {e['msg']}" for e in exc.errors())
+        raise BuildError(f"{path}: invalid lock file: {problems}") from None
+
+
+def verify_outputs(lock: LockFile, out_dir: str | os.PathLike) -> list[str]:
+    """The output files (relative names) that are missing from ``out_dir`` or differ from the lock."""
+    out_dir = Path(out_dir)
+    bad = []
+    for name, digest in sorted(lock.outputs.items()):
+        path = out_dir / name
+        if not path.is_file() or sha256_file(path) != digest:
+            bad.append(name)
+    return bad
+
+
+def relink(
+    lock: LockFile,
+    vector_path_for: Callable[[str], Path],
+    base_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Rebuild the checkpoint ``lock`` describes into ``out_dir``; return its output hashes.
+
+    ``vector_path_for(training_hash)`` says where the cached vector of a node
+    is. A missing vector, or one whose sha256 is not the lock's, is a
+    :class:`BuildError` naming the node; an output that differs from the lock
+    (another base, another traitgraph) is one too, and ``out_dir`` is then left
+    as it was. The caller checks the base's fingerprint.
+    """
+    inputs = []
+    for node in lock.nodes:
+        path = Path(vector_path_for(node.training_hash))
+        if not path.is_file():
+            raise BuildError(
+                f"node '{node.id}': its task vector {node.training_hash[:12]} is not in the cache ({path}); "
+                "it was garbage-collected or never built here: rebuild the specs that produced this lock"
+            )
+        digest = sha256_file(path)
+        if digest != node.vector_sha256:
+            raise BuildError(
+                f"node '{node.id}': task vector {path} has sha256 {digest[:12]}, the lock recorded "
+                f"{node.vector_sha256[:12]}; the file was modified or replaced, so this is not the locked build"
+            )
+        inputs.append(LinkInput(name=node.id, path=path, weight=node.weight))
+    return link(
+        base_dir, inputs, MergeOptions.from_settings(lock.merge), out_dir,
+        dtype=lock.merge.dtype, max_shard_size=lock.merge.max_shard_size,
+        progress=progress, expect=dict(lock.outputs),
+    )
