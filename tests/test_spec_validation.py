@@ -257,6 +257,10 @@ CASES: dict[str, Case] = {
                  beta={"examples_file": "beta.jsonl"}),
         "nodes/beta.jsonl", "beta", "line 3.response", "Field required",
     ),
+    "examples_file with no examples": Case(
+        raw_file("nodes/beta.jsonl", "\n\n", beta={"examples": [], "examples_file": "beta.jsonl"}),
+        "nodes/beta.jsonl", "beta", None, "data file holds no examples",
+    ),
     "examples_file not UTF-8": Case(
         raw_bytes("nodes/beta.jsonl", b"\xff\xfe{\x00", beta={"examples_file": "beta.jsonl"}),
         BETA, "beta", "examples_file", "cannot read data file 'beta.jsonl'",
