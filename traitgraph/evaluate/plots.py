@@ -1,0 +1,160 @@
+"""The report's figures, drawn from an :class:`~traitgraph.evaluate.report.EvalReport` alone.
+
+Each function draws one PNG atomically (temp file, then rename) and returns
+its path; :func:`draw_figures` draws every figure the report has data for.
+Colours follow the graph picture: green for a node that adds a behaviour,
+red for one that subtracts it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import networkx as nx
+
+from traitgraph.atomic import atomic_path
+from traitgraph.graph.draw import NEGATIVE, POSITIVE, draw_graph
+
+GREY = "#8a8f98"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, png: Path) -> Path:
+    plt = _pyplot()
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return png
+
+
+def _colour(direction: int) -> str:
+    return POSITIVE if direction > 0 else NEGATIVE
+
+
+def graph_from_report(report) -> nx.DiGraph:
+    g = nx.DiGraph(name=report.personality)
+    for node in report.graph.nodes:
+        g.add_node(node["id"], **{k: v for k, v in node.items() if k != "id"})
+    for edge in report.graph.edges:
+        g.add_edge(edge["from"], edge["to"], kind=edge["kind"])
+    return g
+
+
+def plot_loss_curves(report, png: Path) -> Path | None:
+    """Training loss per step of every node (from each τ's metadata)."""
+    nodes = [n for n in report.nodes if n.training is not None and n.training.loss_curve]
+    if not nodes:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    cmap = plt.get_cmap("tab10")
+    for i, n in enumerate(nodes):
+        curve = n.training.loss_curve
+        ax.plot(range(1, len(curve) + 1), curve, color=cmap(i % 10), lw=1.8,
+                ls="-" if n.direction > 0 else "--", label=f"{n.id} ({n.weight:+g})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (response tokens)")
+    ax.set_title("Training loss per node (dashed: negative weight)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, png)
+
+
+def plot_behaviour(report, png: Path) -> Path | None:
+    """Directed gain per node, alone (base + w·τ) beside linked, coloured by intended direction."""
+    nodes = [n for n in report.nodes if n.gain_linked is not None]
+    if not nodes:
+        return None
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(nodes) + 2), 5.5))
+    width = 0.38
+    for i, n in enumerate(nodes):
+        c = _colour(n.direction)
+        for x, value, style in (
+            (i - width / 2, n.directed_gain_alone, dict(alpha=0.45, hatch="//", edgecolor=c)),
+            (i + width / 2, n.directed_gain_linked, {}),
+        ):
+            ax.bar(x, value, width, color=c, **style)
+            ax.annotate(f"{value:+.2f}", (x, value), ha="center", va="bottom" if value >= 0 else "top",
+                        fontsize=7, xytext=(0, 2 if value >= 0 else -2), textcoords="offset points")
+    ax.axhline(0, color="black", lw=0.8)
+    floor = report.settings.min_behaviour_gain
+    if floor != 0:
+        ax.axhline(floor, color=GREY, ls=":", lw=1.2)
+    ax.set_xticks(range(len(nodes)), [n.id for n in nodes], rotation=20, ha="right")
+    ax.set_ylabel("directed gain (nats): sign(w) × Δ margin")
+    ax.set_title("Directed behaviour gain per node (> 0: moved as intended)")
+    ax.margins(y=0.15)
+    ax.legend(
+        handles=[
+            Patch(facecolor="white", edgecolor="black", hatch="//", label="alone (base + w·τ)"),
+            Patch(facecolor="black", label="linked checkpoint"),
+            Patch(color=POSITIVE, label="weight > 0: behaviour should rise"),
+            Patch(color=NEGATIVE, label="weight < 0: behaviour should fall"),
+        ],
+        fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2,
+    )
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, png)
+
+
+def plot_retention(report, png: Path) -> Path:
+    """General-text loss and general-prompt accuracy, base vs built."""
+    plt = _pyplot()
+    r = report.retention
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 4))
+    ax1.bar(["base", "built"], [r.base_loss, r.linked_loss], color=[GREY, POSITIVE if r.change_pct <= report.settings.max_retention_loss_pct else NEGATIVE])
+    budget = r.base_loss * (1 + report.settings.max_retention_loss_pct / 100)
+    ax1.axhline(budget, color=NEGATIVE, ls="--", lw=1, label=f"budget +{report.settings.max_retention_loss_pct:g}%")
+    ax1.set_ylim(0, max(budget, r.linked_loss) * 1.3)
+    ax1.set_title(f"general-text loss ({r.change_pct:+.1f}%)")
+    ax1.legend(fontsize=8, frameon=False, loc="upper left")
+    if r.prompts:
+        ax2.bar(["base", "built"], [100 * r.base_accuracy, 100 * r.built_accuracy], color=[GREY, POSITIVE])
+        ax2.set_ylim(0, 105)
+        ax2.set_title(f"general prompts answered (n={len(r.prompts)})")
+        ax2.set_ylabel("%")
+    else:
+        ax2.axis("off")
+    return _save(fig, png)
+
+
+def plot_interference(report, png: Path) -> Path | None:
+    """The linker's interference heatmaps (cosine; sign conflict with overlap) of the linked vectors."""
+    from traitgraph.build.interference import plot_interference as draw
+
+    if report.interference is None or len(report.interference.names) < 2:
+        return None
+    return draw(report.interference.to_result(), png)
+
+
+def draw_figures(report, figures_dir: Path) -> dict[str, Path]:
+    """Every figure the report has data for: name -> PNG path."""
+    figures_dir = Path(figures_dir)
+    out: dict[str, Path] = {}
+    g = graph_from_report(report)
+    with warnings.catch_warnings():  # matplotlib's tight-layout notice for wide node labels
+        warnings.simplefilter("ignore", UserWarning)
+        out["graph"] = draw_graph(g, figures_dir / "graph.png", title=f"{report.personality} ({len(g)} nodes)")
+    for name, fn in (
+        ("behaviour", plot_behaviour),
+        ("retention", plot_retention),
+        ("interference", plot_interference),
+        ("loss_curves", plot_loss_curves),
+    ):
+        path = fn(report, figures_dir / f"{name}.png")
+        if path is not None:
+            out[name] = path
+    return out

@@ -1,0 +1,227 @@
+"""Scores of one model: response log-probabilities, general-text loss, greedy answers.
+
+Every function here is a pure measurement of a ``(model, tokenizer)`` pair on
+some data; which model is scored (the base, base + w·τ, the linked
+checkpoint) is decided by :mod:`traitgraph.evaluate.run`. Tokenising goes
+through the compiler's own chat template code
+(:func:`traitgraph.compiler.data.encode_example`), so a response is scored on
+exactly the tokens training put its loss on, end-of-turn token included.
+
+>>> scores = score_cases(model, tok, spec.nodes["voice"].spec.eval)   # doctest: +SKIP
+>>> scores[0].margin       # log p(response) - log p(rejected), summed over tokens
+3.71
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from traitgraph.compiler.data import (
+    EncodedExample,
+    collate,
+    encode_example,
+    encode_text,
+    pad_id,
+    render_chat,
+)
+from traitgraph.compiler.losses import response_token_losses
+from traitgraph.errors import BuildError
+from traitgraph.graph.schema import Example, EvalCase
+
+#: Longest eval case or general-text line scored (tokens, chat template included).
+MAX_EVAL_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class ResponseScore:
+    """The summed negative log-likelihood of one response and its token count."""
+
+    nll: float
+    tokens: int
+
+    @property
+    def logprob(self) -> float:
+        """log p(response | context), summed over the response tokens."""
+        return -self.nll
+
+    @property
+    def loss(self) -> float:
+        """Mean per-token loss of the response."""
+        return self.nll / max(self.tokens, 1)
+
+
+@dataclass(frozen=True)
+class CaseScore:
+    """One eval case: its wanted response and, when given, its rejected one."""
+
+    wanted: ResponseScore
+    rejected: ResponseScore | None = None
+
+    @property
+    def margin(self) -> float | None:
+        """log p(wanted) − log p(rejected), or ``None`` without a rejected reply."""
+        return None if self.rejected is None else self.wanted.logprob - self.rejected.logprob
+
+
+# --------------------------------------------------------------------------- log-probabilities
+
+
+def _score_encoded(model, tokenizer, encoded: Sequence[EncodedExample], batch_size: int) -> list[ResponseScore]:
+    """Summed NLL and token count of each encoded example, in input order."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths together
+    out: list[ResponseScore | None] = [None] * len(encoded)
+    pad = pad_id(tokenizer)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = collate([encoded[i] for i in idx], pad)
+            nll = response_token_losses(model, batch).sum(dim=1)  # (B,)
+            counts = batch.response_mask.sum(dim=1)
+            for row, i in enumerate(idx):
+                out[i] = ResponseScore(float(nll[row]), int(counts[row]))
+    return out  # type: ignore[return-value]
+
+
+def score_responses(
+    model, tokenizer, examples: Sequence[Example], *, batch_size: int = 8
+) -> list[ResponseScore]:
+    """The log-probability of each example's ``response`` given its context (chat template applied)."""
+    encoded = [
+        encode_example(tokenizer, ex, max_length=MAX_EVAL_TOKENS, where=f"eval case {i}")
+        for i, ex in enumerate(examples)
+    ]
+    return _score_encoded(model, tokenizer, encoded, batch_size) if encoded else []
+
+
+def rejected_example(case: EvalCase) -> Example:
+    """The case's context with its ``rejected`` reply as the response."""
+    if case.rejected is None:
+        raise ValueError("case has no rejected reply")
+    return Example(context=case.context, messages=case.messages, response=case.rejected)
+
+
+def score_cases(model, tokenizer, cases: Sequence[EvalCase], *, batch_size: int = 8) -> list[CaseScore]:
+    """Wanted (and rejected) response scores of each eval case, in one batched pass.
+
+    >>> [round(s.margin, 2) for s in score_cases(model, tok, cases)]   # doctest: +SKIP
+    [1.2, -0.4]
+    """
+    examples: list[Example] = list(cases)
+    examples += [rejected_example(c) for c in cases if c.rejected is not None]
+    scores = score_responses(model, tokenizer, examples, batch_size=batch_size)
+    wanted, rejected = scores[: len(cases)], iter(scores[len(cases) :])
+    return [CaseScore(w, next(rejected) if c.rejected is not None else None) for w, c in zip(wanted, cases)]
+
+
+def text_scores(model, tokenizer, lines: Sequence[str], *, batch_size: int = 16) -> list[ResponseScore | None]:
+    """Summed NLL and token count of each plain text line (every token after its first);
+    ``None`` for a line of fewer than two tokens."""
+    encoded = [encode_text(tokenizer, line, max_length=MAX_EVAL_TOKENS) for line in lines]
+    present = [i for i, e in enumerate(encoded) if e is not None]
+    scores = _score_encoded(model, tokenizer, [encoded[i] for i in present], batch_size) if present else []
+    out: list[ResponseScore | None] = [None] * len(lines)
+    for i, score in zip(present, scores):
+        out[i] = score
+    return out
+
+
+def total(scores: Sequence[ResponseScore | None]) -> ResponseScore:
+    """Scores summed: ``total(...).loss`` is the token-weighted mean loss.
+
+    >>> total(text_scores(model, tok, load_general_text())).loss      # doctest: +SKIP
+    2.93
+    """
+    present = [s for s in scores if s is not None]
+    return ResponseScore(sum(s.nll for s in present), sum(s.tokens for s in present))
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The tokens of a conversation up to and including the assistant's generation prompt."""
+    context, _ = render_chat(tokenizer, messages, ".")  # the context half is the generation prompt
+    return context
+
+
+def stop_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant turn: the eos token and ChatML's ``<|im_end|>``."""
+    ids = {tokenizer.eos_token_id}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    ids.add(im_end)
+    return sorted(i for i in ids if i is not None)
+
+
+def generate(
+    model, tokenizer, chats: Sequence[list[dict[str, str]]], *, max_new_tokens: int, batch_size: int = 16
+) -> list[str]:
+    """Greedy replies to each conversation (chat template applied), batched, in input order.
+
+    >>> generate(model, tok, [[{"role": "user", "content": "Capital of France?"}]], max_new_tokens=24)  # doctest: +SKIP
+    ['The capital of France is Paris.']
+    """
+    from transformers import GenerationConfig
+
+    prompts = [prompt_ids(tokenizer, list(chat)) for chat in chats]
+    pad = pad_id(tokenizer)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=stop_ids(tokenizer)
+    )
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (B, T) left-padded
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i], dtype=torch.long)
+                mask[row, width - len(prompts[i]) :] = 1
+            generated = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            for row, i in enumerate(idx):
+                out[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip()
+    return out
+
+
+def contains_answer(output: str, answer: str) -> bool:
+    """The general-prompts rule: the output contains the answer, case-insensitively."""
+    return answer.casefold() in output.casefold()
+
+
+# --------------------------------------------------------------------------- task vectors in place
+
+
+@contextlib.contextmanager
+def vectors_applied(model, vectors: Sequence[tuple[Path, float]]) -> Iterator[None]:
+    """``W += α·τ`` for each ``(τ file, α)`` inside the block; the touched weights are
+    restored exactly afterwards (copied back, not subtracted, so no rounding drift).
+
+    >>> with vectors_applied(model, [(tau_path, -0.5)]):                 # doctest: +SKIP
+    ...     alone = score_cases(model, tok, cases)
+    """
+    from traitgraph.compiler.task_vector import open_task_vector
+    from traitgraph.compiler.train import apply_task_vectors
+
+    params = dict(model.named_parameters())
+    touched: set[str] = set()
+    for path, _ in vectors:
+        with open_task_vector(path) as tv:
+            touched.update(tv.keys())
+    unknown = sorted(touched - set(params))
+    if unknown:
+        raise BuildError(f"task vector tensor '{unknown[0]}' is not a parameter of the model being evaluated")
+    saved = {name: params[name].detach().clone() for name in touched}
+    try:
+        for path, alpha in vectors:
+            apply_task_vectors(model, [path], alpha=alpha)
+        yield
+    finally:
+        with torch.no_grad():
+            for name, tensor in saved.items():
+                params[name].copy_(tensor)
