@@ -68,8 +68,17 @@ def available_commands() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after a bare `--` is passed through untouched (e.g. to doit).
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
     parser = build_parser(available_commands())
     args = parser.parse_args(argv)
+    if passthrough and not getattr(_command_module(args.command), "TAKES_PASSTHROUGH", False):
+        parser.error(f"`{args.command}` takes no arguments after --")
+    args.passthrough = passthrough
     try:
         return int(_command_module(args.command).run(args) or 0)
     except UserError as exc:
