@@ -20,6 +20,7 @@ from traitgraph.build.merging import (
     dare_ties,
     derive_seed,
     get_method,
+    keep_count,
     keep_mask,
     task_arithmetic,
     ties,
@@ -81,6 +82,20 @@ def test_trim_in_chunks_equals_whole_with_many_ties():
     chunked = torch.cat([fit.apply(tau[i : i + 7]) for i in range(0, 300, 7)])
     assert torch.equal(whole, chunked)
     assert int((whole != 0).sum()) == int(0.37 * 300)
+
+
+@pytest.mark.parametrize("n", [(1 << 16) + 3, (1 << 21) + 7])  # sizes where the sampled bracket is used
+@pytest.mark.parametrize("kind", ["normal", "bf16 ties", "sparse"])
+def test_large_tensor_threshold_is_exact(kind, n):
+    x = randn(n, seed=5).abs()
+    if kind == "bf16 ties":
+        x = x.to(torch.bfloat16).to(torch.float32)
+    if kind == "sparse":
+        x[: n * 9 // 10] = 0  # fewer nonzeros than k: the threshold is 0
+    k = keep_count(n, 0.2)
+    fit = MagnitudeTrim.fit(x, 0.2)
+    assert fit.threshold == torch.kthvalue(x, n - k + 1).values.item()
+    assert int((x > fit.threshold).sum()) + fit.ties_left == k
 
 
 # --------------------------------------------------------------------------- identities

@@ -21,7 +21,7 @@ pure functions (:func:`~.ties.ties`, ...) on the whole tensors.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -162,18 +162,24 @@ class TensorMerge:
             return drop_and_rescale(chunk, self.densities[index], self.seeds[index], start, self.numel)
         return chunk
 
-    def merge_chunk(self, chunks: Sequence[torch.Tensor | None], start: int) -> torch.Tensor:
-        """The merged delta (float32, λ applied) of flat entries ``[start, start + chunk size)``."""
-        if len(chunks) != len(self.weights):
-            raise ValueError(f"{len(chunks)} chunks for {len(self.weights)} inputs")
+    def merge_chunk(self, chunks: Iterable[torch.Tensor | None], start: int) -> torch.Tensor:
+        """The merged delta (float32, λ applied) of flat entries ``[start, start + chunk size)``.
+
+        ``chunks`` (one per input, in order) may be a generator: each is used and
+        dropped before the next is asked for, so only one input's chunk is alive.
+        """
         combine = DisjointMerge(self.options.sign_vote, self.options.normalize) if self.method.consensus else WeightedSum()
-        like = None
+        count, seen = 0, False
         for index, chunk in enumerate(chunks):
+            count += 1
             if chunk is None:
                 continue
-            like = chunk
+            seen = True
             combine.add(self._sparsify(index, chunk.to(torch.float32), start), self.weights[index])
-        if like is None:
+            del chunk
+        if count != len(self.weights):
+            raise ValueError(f"{count} chunks for {len(self.weights)} inputs")
+        if not seen:
             raise ValueError("every chunk is None: copy the base instead of merging")
         delta = combine.result()
         if self._divisor != 1.0:
