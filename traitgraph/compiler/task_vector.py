@@ -51,7 +51,10 @@ class TaskVectorMeta(BaseModel):
     )
     dtype: str = Field(description="Tensor dtype on disk.")
     traitgraph_version: str = Field(description="Version of traitgraph that trained it.")
-    seconds: float = Field(default=0.0, description="Wall time of training.")
+    seconds: float = Field(
+        default=0.0,
+        description="Wall time of training; reported, never stored in the file (it would make identical vectors differ).",
+    )
 
 
 def save_task_vector(
@@ -62,7 +65,7 @@ def save_task_vector(
         raise BuildError(f"task vector for node '{meta.node_id}' is empty: training changed no weight")
     contiguous = {k: v.detach().contiguous().cpu() for k, v in sorted(tensors.items())}
     with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata={"format": FORMAT, "meta": meta.model_dump_json()})
+        save_file(contiguous, str(tmp), metadata={"format": FORMAT, "meta": meta.model_dump_json(exclude={"seconds"})})
     return sha256_file(path)
 
 

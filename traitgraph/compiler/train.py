@@ -18,8 +18,8 @@ One loop, parametrised by the node's effective :class:`TrainingSettings`::
 **Determinism.** Same specs, same base, same seed and the *same torch thread
 count* give a bit-identical τ (one thread and two differ in the last bits).
 The caller fixes the thread count (``torch.set_num_threads``) before calling;
-this module does not change it. The wall-clock ``seconds`` in the metadata is
-the only field that differs between two identical runs.
+this module does not change it. The wall-clock ``seconds`` is returned but not
+written into the file, so two identical runs give identical bytes.
 
 >>> meta = train_node(load_specs("specs"), "listening", resolve_base("smollm2-135m-instruct"),
 ...                   Path("listening.safetensors"))            # doctest: +SKIP
