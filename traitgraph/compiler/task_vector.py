@@ -4,7 +4,10 @@ The file holds one tensor per base weight that training changed, under the
 base checkpoint's own tensor names (``model.layers.0.self_attn.q_proj.weight``),
 and a provenance record in the safetensors metadata::
 
-    __metadata__ = {"format": "traitgraph.task_vector/1", "meta": "<TaskVectorMeta as JSON>"}
+    __metadata__ = {"traitgraph.task_vector/1": "<TaskVectorMeta as JSON>"}
+
+(One key only: safetensors writes metadata from a hash map whose order
+varies between processes, and identical training must give identical bytes.)
 
 Nothing else in traitgraph opens these files by hand: use :func:`save_task_vector`,
 :func:`load_task_vector`, :func:`read_task_vector_meta` and
@@ -29,7 +32,7 @@ from safetensors.torch import save_file
 from traitgraph.atomic import atomic_path, sha256_file
 from traitgraph.errors import BuildError
 
-FORMAT = "traitgraph.task_vector/1"
+FORMAT = "traitgraph.task_vector/1"  # the one metadata key
 
 
 class TaskVectorMeta(BaseModel):
@@ -65,15 +68,15 @@ def save_task_vector(
         raise BuildError(f"task vector for node '{meta.node_id}' is empty: training changed no weight")
     contiguous = {k: v.detach().contiguous().cpu() for k, v in sorted(tensors.items())}
     with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata={"format": FORMAT, "meta": meta.model_dump_json(exclude={"seconds"})})
+        save_file(contiguous, str(tmp), metadata={FORMAT: meta.model_dump_json(exclude={"seconds"})})
     return sha256_file(path)
 
 
 def _meta_from(handle: Any, path: Path) -> TaskVectorMeta:
     raw = handle.metadata() or {}
-    if raw.get("format") != FORMAT or "meta" not in raw:
-        raise BuildError(f"{path}: not a traitgraph task vector (format {raw.get('format')!r})")
-    return TaskVectorMeta.model_validate(json.loads(raw["meta"]))
+    if FORMAT not in raw:
+        raise BuildError(f"{path}: not a traitgraph task vector (no '{FORMAT}' metadata)")
+    return TaskVectorMeta.model_validate(json.loads(raw[FORMAT]))
 
 
 def read_task_vector_meta(path: str | os.PathLike) -> TaskVectorMeta:
