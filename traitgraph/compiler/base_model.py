@@ -156,15 +156,12 @@ def _embedded_gguf(reference: str) -> Path:
 def _local_directory(reference: str, specs_dir: Path | None) -> Path | None:
     """The directory a reference names, if it names one; ``None`` for a hub id."""
     raw = Path(reference).expanduser()
-    candidates = [raw] if raw.is_absolute() else (
-        [specs_dir / raw] if specs_dir is not None else []
-    ) + [raw]
-    for c in candidates:
-        if c.is_dir():
-            return c.resolve()
+    # Relative to the specs dir (never to the working directory, when there is a specs dir).
+    where = raw if raw.is_absolute() or specs_dir is None else specs_dir / raw
+    if where.is_dir():
+        return where.resolve()
     looks_like_path = reference.startswith(("/", "./", "../", "~", ".\\")) or reference.count("/") > 1
     if looks_like_path:
-        where = candidates[0]
         raise UserError(f"base '{reference}': directory {where} does not exist")
     return None
 
