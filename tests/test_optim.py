@@ -218,6 +218,29 @@ def test_projections_depend_on_seed_name_and_period_only():
     assert abs(big.var().item() - 1 / 4) < 0.01
 
 
+def test_projection_is_redrawn_every_update_proj_gap_steps():
+    def run(gap, steps):
+        model = tiny_model()
+        train(model, apollo(model, rank=2, update_proj_gap=gap), steps)
+        return params_of(model)
+
+    same = run(2, 2), run(1000, 2)  # both still on their first projection
+    assert all(torch.equal(a, b) for a, b in zip(*same))
+    redrawn = run(2, 3), run(1000, 3)  # step 3 uses a fresh projection with gap 2
+    assert not all(torch.equal(a, b) for a, b in zip(*redrawn))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_other_dtypes_keep_their_dtype(dtype):
+    model = tiny_model().to(dtype)
+    opt = apollo(model, name="apollo", rank=2, weight_decay=0.01)
+    x, y = regression_batch()
+    losses = train(model, opt, 20, (x.to(dtype), y.to(dtype)))
+    assert losses[-1] < losses[0]
+    assert all(p.dtype == dtype for p in model.parameters())
+    assert opt.state[model[0].weight]["exp_avg"].dtype == dtype
+
+
 # --------------------------------------------------------------------------- the maths
 
 

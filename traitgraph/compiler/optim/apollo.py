@@ -258,23 +258,27 @@ class Apollo(Optimizer):
             s = R_tilde.norm(dim=dim, keepdim=True) / (R.norm(dim=dim, keepdim=True) + _NORM_FLOOR)
             # (m, 1) or (1, n): one factor per channel of the larger dimension
         else:
-            s = R_tilde.norm() / (R.norm() + _NORM_FLOOR)  # () one factor per matrix
+            s = R_tilde.norm() / (R.norm() + _NORM_FLOOR)  # (): one factor for the matrix
 
-        # Step 4: scale the raw full-rank gradient, then limit its norm growth.
-        update = g * s * math.sqrt(group["scale"])  # (m, n)
+        # Step 4: the update is the raw full-rank gradient times α·s. The factor
+        # is settled first (limiter included), so no (m, n) update is ever built.
+        factor = s * math.sqrt(group["scale"])  # same shape as s
         gamma = group["norm_growth_limit"]
         if gamma is not None:
-            norm = update.norm()
+            # ‖G · factor‖, from the norms of G along the channels factor is constant on.
+            if factor.ndim == 0:
+                norm = factor * g.norm()
+            else:
+                norm = (factor * g.norm(dim=dim, keepdim=True)).norm()
             if "prev_update_norm" in state:
-                limit = gamma * state["prev_update_norm"]
-                shrink = torch.clamp(limit / (norm + _NORM_FLOOR), max=1.0)
-                update.mul_(shrink)
+                shrink = torch.clamp(gamma * state["prev_update_norm"] / (norm + _NORM_FLOOR), max=1.0)
+                factor = factor * shrink
                 norm = norm * shrink
             state["prev_update_norm"] = norm
 
         if group["weight_decay"] != 0:
             p.mul_(1 - lr * group["weight_decay"])
-        p.add_(update.to(p.dtype), alpha=-lr)
+        p.addcmul_(g, factor, value=-lr)
 
     def _projection(self, p: Tensor, state: dict, group: dict, rank: int, side: str) -> Tensor:
         """The projection for the current step, regenerated from the stored seed
