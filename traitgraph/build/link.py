@@ -11,8 +11,9 @@ in row chunks of at most :data:`CHUNK_ELEMENTS` entries, merged in float32
 written straight into the output shard: each shard's safetensors header is
 computed up front from the base's shapes, so no shard is ever held in memory.
 TIES first reads each vector's whole tensor once to fit its trim threshold.
-Peak memory is therefore about two float32 copies of the largest tensor plus
-a chunk per input, whatever the model size or number of vectors. ``safe_open``
+Peak memory is therefore about one float32 copy of the largest tensor (TIES's
+magnitudes) plus a few chunks, whatever the model size or the number of
+vectors (SmolLM2-135M: about the model's size, from 2 to 8 vectors). ``safe_open``
 memory-maps files and touched pages count towards the process's resident
 size until the file is closed, so handles are closed every
 :data:`READ_BUDGET` bytes read.
@@ -260,7 +261,9 @@ def _check_inputs(base: dict[str, TensorInfo], base_dir: Path, inputs: Sequence[
         path = Path(inp.path)
         if path.is_dir():
             infos = read_headers(checkpoint_files(path), False, what)
-            missing = sorted(set(base) - set(infos))
+            # integer buffers (position ids...) are not weights: the base's are kept
+            infos = {n: i for n, i in infos.items() if i.dtype.is_floating_point or n not in base}
+            missing = sorted(n for n in set(base) - set(infos) if base[n].dtype.is_floating_point)
             if missing:
                 raise BuildError(f"{what}: model {path} lacks base tensors: {', '.join(missing[:5])}")
             minus_base = True

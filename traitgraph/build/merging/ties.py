@@ -131,8 +131,11 @@ def _kth_largest(flat: torch.Tensor, k: int) -> tuple[float, int]:
         margin = int(8 * math.sqrt(s * q * (1 - q))) + 16
         lo = float(torch.kthvalue(sample, max(1, int(q * s) - margin)).values)
         hi = float(torch.kthvalue(sample, min(s, int(q * s) + margin)).values)
-        above_hi = int((flat > hi).sum())
-        inside = flat[(flat >= lo) & (flat <= hi)]
+        above_hi, parts = 0, []
+        for block in flat.split(1 << 20):  # in blocks: the masks stay small
+            above_hi += int((block > hi).sum())
+            parts.append(block[(block >= lo) & (block <= hi)])
+        inside = torch.cat(parts)
         rank = k - above_hi  # the answer's rank from the top among `inside`
         if 0 < rank <= inside.numel():
             value = torch.kthvalue(inside, inside.numel() - rank + 1).values
