@@ -304,7 +304,9 @@ def load_specs(specs_dir: str | Path) -> Spec:
     specs_dir = Path(specs_dir)
     problems: list[SpecProblem] = []
     if not specs_dir.is_dir():
-        raise SpecError([SpecProblem(file=specs_dir, message="specs directory does not exist")])
+        what = "is a file, not a directory" if specs_dir.exists() else "does not exist"
+        raise SpecError([SpecProblem(file=specs_dir, message=f"specs directory {what}",
+                                     hint="pass the directory that holds personality.yaml and nodes/")])
 
     personality_file = specs_dir / PERSONALITY_FILE
     personality: Personality | None = None
@@ -321,7 +323,10 @@ def load_specs(specs_dir: str | Path) -> Spec:
             personality = _validate(Personality, data, personality_file, None, problems)
 
     nodes_dir = specs_dir / NODES_DIR
-    node_files = sorted([*nodes_dir.glob("*.yaml"), *nodes_dir.glob("*.yml")]) if nodes_dir.is_dir() else []
+    # Hidden files (editor locks and backups such as `.#voice.yaml`) are not nodes.
+    node_files = sorted(
+        p for p in [*nodes_dir.glob("*.yaml"), *nodes_dir.glob("*.yml")] if not p.name.startswith(".")
+    ) if nodes_dir.is_dir() else []
     if not node_files:
         problems.append(
             SpecProblem(file=nodes_dir, message="no node files (nodes/<id>.yaml)", hint="add at least one behaviour node")
