@@ -130,23 +130,6 @@ def make_tiny_base(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def pytest_addoption(parser):
-    parser.addoption(
-        "--run-e2e", action="store_true", default=False,
-        help="also run tests marked e2e (the real default base model; minutes)",
-    )
-
-
-def pytest_collection_modifyitems(config, items):
-    asked = "e2e" in (config.getoption("markexpr") or "")  # pytest -m e2e
-    if asked or config.getoption("--run-e2e") or os.environ.get("TRAITGRAPH_E2E") == "1":
-        return
-    skip = pytest.mark.skip(reason="e2e: run with -m e2e, --run-e2e or TRAITGRAPH_E2E=1")
-    for item in items:
-        if "e2e" in item.keywords:
-            item.add_marker(skip)
-
-
 def write_tiny_specs(root: Path, base_dir: Path, nodes: dict[str, dict], training: dict | None = None) -> Path:
     """``root/specs`` with a personality on ``base_dir`` and ``nodes`` (id -> node dict)."""
     import yaml
