@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -50,9 +49,7 @@ def test_fingerprint_is_content_based_stable_and_cached(tmp_path, tiny_base_dir,
         raise AssertionError(f"re-hashed {path}")
 
     monkeypatch.setattr(base_model, "sha256_file", no_hashing)
-    t0 = time.perf_counter()
     assert base_fingerprint(str(copy)) == fp
-    assert time.perf_counter() - t0 < 0.5
     monkeypatch.undo()
 
     config = json.loads((copy / "config.json").read_text())
