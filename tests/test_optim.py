@@ -93,7 +93,8 @@ def test_plain_parameters_are_refused_with_a_hint():
 
 def test_builds_the_named_optimizer_with_preset_defaults():
     model = tiny_model()
-    assert type(build_optimizer(model.named_parameters(), OptimizerSettings(name="adamw"), 1e-3, 0)) is torch.optim.AdamW
+    adamw = build_optimizer(model.named_parameters(), OptimizerSettings(name="adamw"), 1e-3, 0)
+    assert type(adamw) is torch.optim.AdamW
     mini = apollo(model)
     group = next(g for g in mini.param_groups if g["apollo"])
     assert (group["rank"], group["scale_type"], group["scale"]) == (1, "tensor", 128.0)
