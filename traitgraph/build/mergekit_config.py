@@ -153,11 +153,13 @@ def plan_merge(config: MergekitConfig, where: str = "config", seed: int = 0) -> 
     normalize = DEFAULT_NORMALIZE[config.merge_method] if g.normalize is None else g.normalize
     consensus = config.merge_method in ("ties", "dare_ties")
     if normalize and any(i.weight < 0 for i in inputs):
+        where_ = (
+            "wherever a negatively weighted model is alone on the elected side, its change is added, not subtracted"
+            if consensus else "a negative sum of weights flips the whole merge"
+        )
         warnings.append(
-            "normalize divides by the signed sum of the agreeing weights (as mergekit does), "
-            "so a negatively weighted model is not subtracted where it is alone"
-            + (" or outweighs the others" if consensus else "")
-            + "; set `normalize: false` to subtract it"
+            f"normalize divides by the signed sum of the weights, as mergekit does: {where_}. "
+            "traitgraph merge reproduces this for compatibility; set `normalize: false` to subtract"
         )
     if config.merge_method.startswith("dare"):
         warnings.append(

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 
 from traitgraph.build.merging.task_arithmetic import Normalize, task_arithmetic
-from traitgraph.build.merging.ties import DisjointMerge, SignVote, _per_input
+from traitgraph.build.merging.ties import SignVote, _per_input, elect_and_merge
 
 #: Entries per random block of the drop mask (part of the mask's definition: changing
 #: it changes every DARE merge, so treat it like a format version).
@@ -110,11 +110,6 @@ def dare_ties(
 ) -> torch.Tensor:
     """DARE, then TIES's sign election and disjoint mean (see :mod:`.ties` for the options)."""
     n = len(task_tensors)
-    if n != len(weights):
-        raise ValueError(f"{n} task tensors but {len(weights)} weights")
     densities, seeds_ = _per_input(density, n, "densities"), _seeds(n, seeds, seed)
-    merge = DisjointMerge(sign_vote, normalize)
-    for tau, w, d, s in zip(task_tensors, weights, densities, seeds_):
-        merge.add(drop_and_rescale(tau.to(torch.float32), d, s), float(w))
-    delta = merge.result()
-    return delta * lambda_ if lambda_ != 1.0 else delta
+    dropped = (drop_and_rescale(t.to(torch.float32), d, s) for t, d, s in zip(task_tensors, densities, seeds_))
+    return elect_and_merge(dropped, weights, lambda_, sign_vote, normalize)

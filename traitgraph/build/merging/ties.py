@@ -7,16 +7,18 @@ Three steps per tensor, on task vectors τ_1..τ_n with weights w_1..w_n:
    in each tensor, zero the rest (:class:`MagnitudeTrim`). We trim *per tensor*
    (as mergekit and PEFT do); the original repository trims over the whole
    flattened model. Ties at the threshold are broken by position (the first
-   entries in flat order are kept), so exactly k entries survive.
+   entries in flat order are kept), so exactly k entries survive; mergekit
+   breaks them with an unstable sort, so the two can keep different entries
+   among equal magnitudes (common when τ is a difference of two stored models).
 2. **Elect** a sign per entry: γ = sign(Σ_i v_i), with γ = +1 where the sum is
    0. The votes v_i are the trimmed vectors either weighted or not:
 
-   ============  ===============  ==========================================
-   sign_vote     v_i              used by
-   ============  ===============  ==========================================
-   ``weighted``  w_i · trim(τ_i)  mergekit; the direction i pushes the model
-   ``unweighted``  trim(τ_i)      PEFT (``peft.utils.merge_utils.ties``)
-   ============  ===============  ==========================================
+   ==============  ===============  ========================================
+   sign_vote       v_i              used by
+   ==============  ===============  ========================================
+   ``weighted``    w_i · trim(τ_i)  mergekit; the direction i pushes the model
+   ``unweighted``  trim(τ_i)        PEFT (``peft.utils.merge_utils.ties``)
+   ==============  ===============  ========================================
 
 3. **Disjoint mean** over the agreeing vectors A = {i : sign(v_i) = γ}::
 
@@ -49,7 +51,7 @@ linker uses them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -233,12 +235,22 @@ def ties(
     >>> ties([a, b], [1.0, 1.0], density=1.0)        # elect +, +, −; mean of the agreeing
     tensor([ 2.,  2., -2.])
     """
-    n = len(task_tensors)
-    if n != len(weights):
-        raise ValueError(f"{n} task tensors but {len(weights)} weights")
-    densities = _per_input(density, n, "densities")
+    densities = _per_input(density, len(task_tensors), "densities")
+    trimmed = (trim(tau.to(torch.float32), d) for tau, d in zip(task_tensors, densities))
+    return elect_and_merge(trimmed, weights, lambda_, sign_vote, normalize)
+
+
+def elect_and_merge(
+    sparse_tensors: Iterable[torch.Tensor],
+    weights: Sequence[float],
+    lambda_: float = 1.0,
+    sign_vote: SignVote = "weighted",
+    normalize: Normalize = "count",
+) -> torch.Tensor:
+    """Steps 2 and 3 (sign election, disjoint mean, λ) on already sparsified tensors; used by
+    :func:`ties` (after the trim) and by DARE-TIES (after the random drop)."""
     merge = DisjointMerge(sign_vote, normalize)
-    for tau, w, d in zip(task_tensors, weights, densities):
-        merge.add(trim(tau.to(torch.float32), d), float(w))
+    for tau, w in zip(sparse_tensors, weights, strict=True):  # one weight per tensor
+        merge.add(tau, float(w))
     delta = merge.result()
     return delta * lambda_ if lambda_ != 1.0 else delta
