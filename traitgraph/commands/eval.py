@@ -23,10 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from traitgraph.build.plan import BuildPlan, OutputLock
-    from traitgraph.evaluate.run import run_eval
+    from traitgraph.evaluate.run import read_build_lock, run_eval
 
     plan = BuildPlan.load(args.specs_dir, args.out)
-    if plan.out.lock.is_file() and not plan.link_is_current():
+    read_build_lock(plan)  # nothing built yet: say so before touching OUT
+    if not plan.link_is_current():
         print("note: the specs changed since the last build; evaluating the checkpoint as it was built "
               "(run `traitgraph build` to rebuild and evaluate)")
     with OutputLock(plan.out):

@@ -251,8 +251,10 @@ class EvalReport(_Model):
     gates: list[Gate]
     passed: bool
     seconds: float = Field(description="Wall time of the evaluation.")
+    threads: int = Field(default=0, description="torch threads it ran on.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
     figures: dict[str, str] = Field(default_factory=dict, description="Figure name -> path relative to OUT.")
+    notes: list[str] = Field(default_factory=list, description="What could not be measured, and why.")
 
     def failures(self) -> list[Gate]:
         return [g for g in self.gates if not g.passed]
@@ -398,13 +400,12 @@ def render_markdown(report: EvalReport) -> str:
         f"# {report.personality}: build report",
         "",
         f"**{status}**: base `{report.base}`, checkpoint `{report.checkpoint}`, "
-        f"traitgraph {report.traitgraph_version}, evaluated in {report.seconds:.0f} s.",
-        "",
-        "## Gates",
-        "",
-        gates_table(report),
+        f"traitgraph {report.traitgraph_version}, evaluated in {report.seconds:.0f} s "
+        f"({report.threads} thread{'s' if report.threads != 1 else ''}).",
         "",
     ]
+    out += [f"- note: {n}" for n in report.notes]
+    out += ["", "## Gates", "", gates_table(report), ""]
     if "graph" in fig:
         out += ["## Personality graph", "", f"![personality graph]({fig['graph']})", ""]
     out += [

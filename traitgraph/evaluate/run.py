@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -40,7 +39,7 @@ from typing import Any
 from traitgraph import __version__
 from traitgraph.atomic import sha256_file, write_text_atomic
 from traitgraph.build.plan import BuildPlan, log_event
-from traitgraph.errors import BuildError
+from traitgraph.errors import BuildError, UserError
 from traitgraph.evaluate.report import (
     REPORT_JSON,
     REPORT_MD,
@@ -65,7 +64,7 @@ from traitgraph.graph.schema import EvalCase
 
 #: Bump when scoring changes what a number means: remembered scores and reports are redone.
 SCORING_VERSION = 1
-#: torch threads for evaluation (default: every core; eval numbers need not be bit-identical).
+#: torch threads for evaluation (default: every idle core, see :func:`eval_threads`).
 EVAL_THREADS_ENV = "TRAITGRAPH_EVAL_THREADS"
 #: Sample generations per node in the report (its first eval prompts).
 SAMPLES_PER_NODE = 2
@@ -74,7 +73,35 @@ PROMPT_NEW_TOKENS = 24
 
 
 def eval_threads() -> int:
-    return max(1, int(os.environ.get(EVAL_THREADS_ENV, "0")) or os.cpu_count() or 1)
+    """``$TRAITGRAPH_EVAL_THREADS``, else every core that is idle right now (at least one).
+
+    Eval numbers need not be bit-identical across thread counts, so more
+    threads are free speed, but only on idle cores: on a 2-core machine with
+    other work running, two threads measured 3× slower than one (each
+    OpenMP barrier waits for a descheduled thread).
+    """
+    if os.environ.get(EVAL_THREADS_ENV):
+        return max(1, int(os.environ[EVAL_THREADS_ENV]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    idle = _idle_fraction()
+    return cores if idle is None else max(1, min(cores, round(cores * idle)))
+
+
+def _idle_fraction(window: float = 0.3) -> float | None:
+    """Share of CPU time spent idle over ``window`` seconds (Linux ``/proc/stat``); ``None`` elsewhere."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+        return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields)  # idle + iowait, total
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(window)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (idle1 - idle0) / (total1 - total0) if total1 > total0 else None
 
 
 # --------------------------------------------------------------------------- data
@@ -116,7 +143,8 @@ def _general_text_hash(spec: Spec) -> str:
 # --------------------------------------------------------------------------- up to date
 
 
-def _read_lock(plan: BuildPlan):
+def read_build_lock(plan: BuildPlan):
+    """The lock file of the last build in ``plan.out``; none is a :class:`BuildError` saying to build."""
     from traitgraph.build.lock import read_lock
 
     if not plan.out.lock.is_file():
@@ -129,7 +157,7 @@ def _read_lock(plan: BuildPlan):
 def eval_inputs(plan: BuildPlan, lock=None) -> dict[str, Any]:
     """Everything a report depends on: the checkpoint and vectors (by the lock's hashes),
     the eval settings, each node's eval cases, the graph, the general data, the version."""
-    lock = lock if lock is not None else _read_lock(plan)
+    lock = lock if lock is not None else read_build_lock(plan)
     spec = plan.spec
     return {
         "traitgraph_version": __version__,
@@ -332,27 +360,33 @@ def _graph_picture(spec: Spec) -> GraphPicture:
     )
 
 
-def _training_trace(path: Path) -> TrainingTrace | None:
+def _training_trace(path: Path, notes: list[str]) -> TrainingTrace | None:
     from traitgraph.compiler.task_vector import read_task_vector_meta
 
     try:
         meta = read_task_vector_meta(path)
-    except BuildError:
+    except BuildError as exc:
+        notes.append(f"no loss curve: {exc}")
         return None
     return TrainingTrace(
         steps=meta.steps, final_loss=meta.final_loss, oscillation=meta.oscillation, loss_curve=list(meta.loss_curve)
     )
 
 
-def _interference(vectors: dict[str, tuple[Path, float]], density: float) -> Interference | None:
-    """Pairwise cosine, trim overlap and sign conflict of the weighted vectors (the linker's measure)."""
+def _interference(vectors: dict[str, tuple[Path, float]], density: float, notes: list[str]) -> Interference | None:
+    """Pairwise cosine, trim overlap and sign conflict of the weighted vectors (the linker's measure).
+    A failure is a note in the report, not a failed evaluation."""
     from traitgraph.build.interference import interference
 
     if len(vectors) < 2:
         return None
-    result = interference(
-        {n: p for n, (p, _) in vectors.items()}, density=density, weights={n: w for n, (_, w) in vectors.items()}
-    )
+    try:
+        result = interference(
+            {n: p for n, (p, _) in vectors.items()}, density=density, weights={n: w for n, (_, w) in vectors.items()}
+        )
+    except UserError as exc:
+        notes.append(f"interference not measured: {exc}")
+        return None
     return Interference.from_result(result)
 
 
@@ -397,8 +431,11 @@ def evaluate_build(plan: BuildPlan, *, threads: int | None = None, progress: boo
     the eval cases, settings and general data are the current ones. Nothing
     is written (see :func:`run_eval` for the report and the gates).
     """
-    with _torch_threads(threads or eval_threads()):
-        return _evaluate(plan, progress)
+    threads = threads or eval_threads()
+    if progress:
+        print(f"eval: {threads} torch thread{'s' if threads != 1 else ''}", flush=True)
+    with _torch_threads(threads):
+        return _evaluate(plan, progress).model_copy(update={"threads": threads})
 
 
 def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
@@ -408,16 +445,17 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
 
     spec, settings = plan.spec, plan.spec.personality.eval
     clock = _Clock(progress)
-    lock = _read_lock(plan)
+    lock = read_build_lock(plan)
     inputs = eval_inputs(plan, lock)
     if not plan.out.checkpoint.is_dir():
         raise BuildError(f"the lock file names a checkpoint at {plan.out.checkpoint}, which does not exist; relink it")
     by_id = {n.id: n for n in lock.nodes}
     order = [n for n in spec.build_order() if n in by_id]
+    notes: list[str] = []
     skipped = sorted(set(spec.nodes) ^ set(by_id))
-    if skipped and progress:
-        print(f"eval: warning: the specs and the last build disagree on nodes {', '.join(skipped)}; "
-              "run `traitgraph build` to evaluate the current specs", file=sys.stderr)
+    if skipped:
+        notes.append(f"the specs and the last build disagree on nodes {', '.join(skipped)}, which are not "
+                     "scored; run `traitgraph build` to evaluate the current specs")
     vectors = {n: plan.cache.verify(by_id[n].training_hash) for n in order}
     lines = load_general_text(general_text_file(spec))
     prompts = general_prompts()
@@ -473,7 +511,7 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
     del model, scorer
 
     with clock.phase("interference"):
-        interference = _interference({n: (vectors[n], by_id[n].weight) for n in order}, lock.merge.density)
+        interference = _interference({n: (vectors[n], by_id[n].weight) for n in order}, lock.merge.density, notes)
 
     samples_of: dict[str, list[Sample]] = {}
     i = 0
@@ -484,7 +522,7 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
             i += 1
     nodes = [
         node_result(spec, n, by_id[n].weight, base_cases[n], alone_cases[n], linked_cases[n],
-                    samples_of[n], _training_trace(vectors[n]))
+                    samples_of[n], _training_trace(vectors[n], notes))
         for n in order
     ]
     text_path = general_text_file(spec)
@@ -502,7 +540,7 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
         traitgraph_version=__version__, personality=spec.personality.name, base=lock.base.reference,
         checkpoint=str(plan.out.checkpoint), settings=settings, inputs=inputs, graph=_graph_picture(spec),
         nodes=nodes, retention=retention, interference=interference, gates=gates,
-        passed=all(g.passed for g in gates), seconds=clock.seconds, timings=clock.timings,
+        passed=all(g.passed for g in gates), seconds=clock.seconds, timings=clock.timings, notes=notes,
     )
 
 
