@@ -26,7 +26,10 @@ state holds the seed, never the matrix.
 
 The *norm-growth limiter* (from Fira, Chen et al. 2024, arXiv:2410.01623, as
 used by APOLLO) keeps an update from growing faster than γ per step:
-if ‖U_t‖ > γ ‖U_{t-1}‖ then U_t ← U_t · γ ‖U_{t-1}‖ / ‖U_t‖.
+if ‖U_t‖ > γ ‖U_{t-1}‖ then U_t ← U_t · γ ‖U_{t-1}‖ / ‖U_t‖. It acts on the
+bias-corrected update, as written above; the official code applies bias
+correction as a step size after its limiter, which damps the first few dozen
+steps a little more.
 
 α and ``scale``: we follow the official implementation's convention, in which
 the configured ``scale`` is multiplied in as √scale. APOLLO-Mini's published
