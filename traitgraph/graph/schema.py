@@ -146,8 +146,8 @@ class TrainingSettings(Strict):
     any field (see :class:`TrainingOverrides`)."""
 
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
-    learning_rate: float = Field(default=1e-4, gt=0, le=1.0, description="Peak learning rate.")
-    steps: int = Field(default=24, gt=0, le=100_000, description="Optimizer steps.")
+    learning_rate: float = Field(default=3e-5, gt=0, le=1.0, description="Peak learning rate.")
+    steps: int = Field(default=8, gt=0, le=100_000, description="Optimizer steps.")
     batch_size: int = Field(default=8, gt=0, le=4096, description="Examples per step.")
     warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps.")
     seed: int = Field(default=0, ge=0, description="Seed for data order and projections.")
