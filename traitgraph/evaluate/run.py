@@ -248,9 +248,7 @@ def _case_item(case) -> dict[str, Any]:
 
 
 def _pack(score) -> list:
-    from traitgraph.evaluate.scores import CaseScore
-
-    assert isinstance(score, CaseScore)
+    """A :class:`~traitgraph.evaluate.scores.CaseScore` as JSON: [nll, tokens, rejected nll, rejected tokens]."""
     r = score.rejected
     return [score.wanted.nll, score.wanted.tokens, None if r is None else r.nll, None if r is None else r.tokens]
 
@@ -360,34 +358,52 @@ def _graph_picture(spec: Spec) -> GraphPicture:
     )
 
 
-def _training_trace(path: Path, notes: list[str]) -> TrainingTrace | None:
+def _training_traces(vectors: dict[str, Path], notes: list[str]) -> dict[str, TrainingTrace | None]:
+    """Each node's training record from its τ metadata; unreadable ones make one note."""
     from traitgraph.compiler.task_vector import read_task_vector_meta
 
-    try:
-        meta = read_task_vector_meta(path)
-    except BuildError as exc:
-        notes.append(f"no loss curve: {exc}")
-        return None
-    return TrainingTrace(
-        steps=meta.steps, final_loss=meta.final_loss, oscillation=meta.oscillation, loss_curve=list(meta.loss_curve)
-    )
+    traces: dict[str, TrainingTrace | None] = {}
+    failed: list[tuple[str, BuildError]] = []
+    for node_id, path in vectors.items():
+        try:
+            meta = read_task_vector_meta(path)
+        except BuildError as exc:
+            traces[node_id] = None
+            failed.append((node_id, exc))
+            continue
+        traces[node_id] = TrainingTrace(
+            steps=meta.steps, final_loss=meta.final_loss, oscillation=meta.oscillation,
+            loss_curve=list(meta.loss_curve),
+        )
+    if failed:
+        notes.append(f"no loss curve for {', '.join(n for n, _ in failed)}: {failed[0][1]}")
+    return traces
 
 
-def _interference(vectors: dict[str, tuple[Path, float]], density: float, notes: list[str]) -> Interference | None:
-    """Pairwise cosine, trim overlap and sign conflict of the weighted vectors (the linker's measure).
-    A failure is a note in the report, not a failed evaluation."""
+def _interference(
+    vectors: dict[str, tuple[Path, float]], shas: dict[str, str], density: float, memo: ScoreMemo, notes: list[str]
+) -> Interference | None:
+    """Pairwise cosine, trim overlap and sign conflict of the weighted vectors (the linker's measure),
+    remembered by the vectors' sha256, weights and density. A failure is a note, not a failed evaluation."""
     from traitgraph.build.interference import interference
 
     if len(vectors) < 2:
         return None
-    try:
+
+    def compute(items):
         result = interference(
             {n: p for n, (p, _) in vectors.items()}, density=density, weights={n: w for n, (_, w) in vectors.items()}
         )
+        return [Interference.from_result(result).model_dump(mode="json")]
+
+    recipe = [[n, shas[n], w] for n, (_, w) in vectors.items()] + [density]
+    try:
+        (value,) = memo.lookup("interference", [recipe], compute)
     except UserError as exc:
         notes.append(f"interference not measured: {exc}")
         return None
-    return Interference.from_result(result)
+    memo.save()
+    return Interference.model_validate(value)
 
 
 class _Clock:
@@ -511,7 +527,10 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
     del model, scorer
 
     with clock.phase("interference"):
-        interference = _interference({n: (vectors[n], by_id[n].weight) for n in order}, lock.merge.density, notes)
+        interference = _interference(
+            {n: (vectors[n], by_id[n].weight) for n in order}, {n: by_id[n].vector_sha256 for n in order},
+            lock.merge.density, ScoreMemo(memo_dir, "interference"), notes,
+        )
 
     samples_of: dict[str, list[Sample]] = {}
     i = 0
@@ -520,9 +539,9 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
         for c in sample_cases[n]:
             samples_of[n].append(Sample(prompt=_prompt_text(c), base=base_samples[i], built=linked_samples[i]))
             i += 1
+    traces = _training_traces(vectors, notes)
     nodes = [
-        node_result(spec, n, by_id[n].weight, base_cases[n], alone_cases[n], linked_cases[n],
-                    samples_of[n], _training_trace(vectors[n], notes))
+        node_result(spec, n, by_id[n].weight, base_cases[n], alone_cases[n], linked_cases[n], samples_of[n], traces[n])
         for n in order
     ]
     text_path = general_text_file(spec)
