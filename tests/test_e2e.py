@@ -57,18 +57,24 @@ def test_every_behaviour_moves_the_intended_way(built):
 
 
 @pytest.mark.e2e
-def test_checkpoint_loads_and_answers(built):
+def test_checkpoint_loads_and_chats(built):
+    """The output is a plain Hugging Face checkpoint: transformers loads it and it
+    answers a chat turn (the report lists which general prompts it still gets right)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ckpt = built / "checkpoint"
     model = AutoModelForCausalLM.from_pretrained(ckpt)
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, return_tensors="pt"
+        [{"role": "user", "content": "Write one sentence about the sea."}],
+        add_generation_prompt=True, return_tensors="pt", return_dict=True,
     )
-    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-    out = model.generate(ids, max_new_tokens=16, do_sample=False)
-    assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
+    out = model.generate(**ids, max_new_tokens=40, do_sample=False)
+    reply = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    assert len(reply.split()) >= 3, reply
+    report = json.loads((built / "report.json").read_text())
+    prompts = report["retention"]["prompts"]
+    assert sum(p["built_ok"] for p in prompts) >= 0.8 * sum(p["base_ok"] for p in prompts)
 
 
 @pytest.mark.e2e
