@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors import safe_open
-from safetensors.torch import save_file
+
+if TYPE_CHECKING:
+    import torch
 
 from traitgraph.atomic import atomic_path, sha256_file
 from traitgraph.errors import BuildError
@@ -64,6 +65,8 @@ def save_task_vector(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: TaskVectorMeta
 ) -> str:
     """Write τ atomically (temp file, then rename); return the file's sha256."""
+    from safetensors.torch import save_file
+
     if not tensors:
         raise BuildError(f"task vector for node '{meta.node_id}' is empty: training changed no weight")
     contiguous = {k: v.detach().contiguous().cpu() for k, v in sorted(tensors.items())}
@@ -80,19 +83,29 @@ def _meta_from(handle: Any, path: Path) -> TaskVectorMeta:
 
 
 def read_task_vector_meta(path: str | os.PathLike) -> TaskVectorMeta:
-    """Read only the provenance record (cheap: the header, no tensors)."""
+    """Read only the provenance record: the safetensors header, no tensors and no
+    torch import, so up-to-date checks over many nodes stay fast."""
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            return _meta_from(handle, path)
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            if size > 100_000_000:
+                raise ValueError(f"header of {size} bytes")
+            header = json.loads(fh.read(size))
+        raw = header.get("__metadata__") or {}
+        if FORMAT not in raw:
+            raise BuildError(f"{path}: not a traitgraph task vector (no '{FORMAT}' metadata)")
+        return TaskVectorMeta.model_validate(json.loads(raw[FORMAT]))
     except BuildError:
         raise
-    except Exception as exc:  # safetensors raises several types for a torn file
+    except Exception as exc:  # a torn or foreign file
         raise BuildError(f"{path}: cannot read task vector ({exc})") from exc
 
 
 def load_task_vector(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], TaskVectorMeta]:
     """Load every tensor and the metadata of a task vector."""
+    from safetensors import safe_open
+
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -111,4 +124,6 @@ def open_task_vector(path: str | os.PathLike):
     >>> with open_task_vector(p) as tv:                    # doctest: +SKIP
     ...     if name in tv.keys(): delta = tv.get_tensor(name)
     """
+    from safetensors import safe_open
+
     return safe_open(str(path), framework="pt")

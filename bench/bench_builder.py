@@ -1,0 +1,151 @@
+"""How much work the incremental builder saves, measured side by side in one run.
+
+    python bench/bench_builder.py                 # 100 generated nodes on the pico model
+    python bench/bench_builder.py --nodes 20
+    python bench/bench_builder.py --example       # the shipped specs/ on SmolLM2 (minutes)
+
+For one personality it times, in this order, each as a fresh `traitgraph build`
+process (what a user runs): a full build (empty cache), a no-op rebuild, a
+rebuild after editing one node's examples, and a relink after editing one
+weight; the no-op's own up-to-date check is also timed in-process. It prints
+each as a ratio to the full build and checks the targets:
+
+* one-node rebuild ≤ 1.2 × (full / N + link), both less the interpreter start
+* no-op check under 1 s (beyond interpreter start) for 100 nodes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def generated_specs(root: Path, base: Path, n: int) -> Path:
+    specs = root / "specs"
+    (specs / "nodes").mkdir(parents=True)
+    personality = {
+        "name": f"generated-{n}",
+        "base": str(base),
+        "training": {"steps": 4, "batch_size": 4, "learning_rate": 1e-3},
+        "merge": {"method": "ties", "density": 0.2},
+    }
+    (specs / "personality.yaml").write_text(yaml.safe_dump(personality))
+    for i in range(n):
+        node = {
+            "id": f"node-{i:03d}",
+            "description": f"generated behaviour {i}",
+            "weight": -0.5 if i % 10 == 9 else 1.0,
+            "examples": [{"context": f"question {j} of node {i}", "response": f"answer {j} for {i}"} for j in range(6)],
+            "eval": [{"context": f"held out {i}", "response": f"answer for {i}", "rejected": "no"}],
+            "edges": [{"to": f"node-{i - 1:03d}", "kind": "related"}] if i else [],
+        }
+        (specs / "nodes" / f"node-{i:03d}.yaml").write_text(yaml.safe_dump(node))
+    return specs
+
+
+def build(specs: Path, out: Path, env: dict, jobs: int, task: str) -> float:
+    cmd = [sys.executable, "-m", "traitgraph", "build", str(specs), "-o", str(out), "-n", str(jobs), "--", task]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def interpreter_start(env: dict) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import traitgraph.cli"], env=env, check=True)
+    return time.perf_counter() - t0
+
+
+def uptodate_check_seconds(specs: Path, out: Path, env: dict) -> float:
+    """The no-op decision itself: load specs, hash, check cache and lock (in a fresh process)."""
+    code = (
+        "import time, sys; t0 = time.perf_counter();"
+        "from traitgraph.build.plan import BuildPlan;"
+        f"p = BuildPlan.load({str(specs)!r}, {str(out)!r});"
+        "ok = all(p.node_is_built(n) for n in p.spec.nodes) and p.link_is_current();"
+        "print(ok, time.perf_counter() - t0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    ok, seconds = res.stdout.split()
+    assert ok == "True", "the no-op check found work to do"
+    return float(seconds)
+
+
+def last_link_seconds(out: Path) -> float:
+    events = [json.loads(line) for line in (out / "build.log").read_text().splitlines()]
+    return [e for e in events if e["task"] == "link"][-1]["seconds"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=100)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--example", action="store_true", help="the shipped specs/ on the real base instead")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-builder-"))
+    env = {**os.environ, "TRAITGRAPH_CACHE": str(work / "cache"), "TOKENIZERS_PARALLELISM": "false"}
+    if args.example:
+        specs = work / "specs"
+        shutil.copytree(REPO / "specs", specs)
+        task = "link"
+    else:
+        sys.path.insert(0, str(REPO / "tests"))
+        from conftest import make_tiny_base
+
+        base = make_tiny_base(work / "base")
+        specs = generated_specs(work, base, args.nodes)
+        task = "link"
+    out = work / "out"
+    n = len(list((specs / "nodes").glob("*.yaml")))
+    print(f"{specs} ({n} nodes), {args.jobs} jobs, work dir {work}")
+
+    full = build(specs, out, env, args.jobs, task)
+    link = last_link_seconds(out)
+    noop = build(specs, out, env, args.jobs, task)
+    check = uptodate_check_seconds(specs, out, env)
+    start = interpreter_start(env)
+
+    first = sorted((specs / "nodes").glob("*.yaml"))[0]
+    doc = yaml.safe_load(first.read_text())
+    doc["examples"][0]["response"] += " (edited)"
+    first.write_text(yaml.safe_dump(doc))
+    one_node = build(specs, out, env, args.jobs, task)
+
+    doc["weight"] = doc["weight"] * 0.5
+    first.write_text(yaml.safe_dump(doc))
+    weight_only = build(specs, out, env, args.jobs, task)
+
+    # Targets compare the work, not the interpreter start every command pays.
+    work_full, work_one = full - start, one_node - start
+    target = 1.2 * (work_full / n + link)
+    rows = [
+        ("full build", full),
+        ("no-op rebuild (whole command)", noop),
+        ("no-op up-to-date check", check),
+        ("one node edited", one_node),
+        ("one weight edited (relink)", weight_only),
+    ]
+    print(f"\n{'what':<32} {'seconds':>9} {'÷ full':>8}")
+    for name, seconds in rows:
+        print(f"{name:<32} {seconds:>9.2f} {seconds / full:>8.3f}")
+    print(f"\ninterpreter start + imports: {start:.2f} s; link alone: {link:.2f} s")
+    print(f"one-node rebuild {work_one:.2f} s of work vs target 1.2 × (full/N + link) = {target:.2f} s"
+          f" (both less interpreter start): {'met' if work_one <= target else 'MISSED'}")
+    print(f"no-op check {check:.3f} s vs target < 1 s: {'met' if check < 1.0 else 'MISSED'}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
