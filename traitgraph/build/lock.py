@@ -28,8 +28,6 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from traitgraph.atomic import sha256_file, write_text_atomic
-from traitgraph.build.link import LinkInput, link
-from traitgraph.build.merging import MergeOptions
 from traitgraph.errors import BuildError
 from traitgraph.graph.schema import MergeSettings
 
@@ -117,6 +115,9 @@ def relink(
     (another base, another traitgraph) is one too, and ``out_dir`` is then left
     as it was. The caller checks the base's fingerprint.
     """
+    from traitgraph.build.link import LinkInput, link  # torch: only when relinking
+    from traitgraph.build.merging import MergeOptions
+
     inputs = []
     for node in lock.nodes:
         path = Path(vector_path_for(node.training_hash))
