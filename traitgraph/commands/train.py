@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"τ: {out} ({size_mb:.1f} MB, sha256 {sha256_file(out)[:12]})")
     if before_eval is not None:
         after = eval_loss(model, tokenizer, cases)
-        print(f"eval-case loss ({len(cases)} cases):       {start} {before_eval:.4f} -> +τ {after:.4f} "
+        print(f"eval-case loss ({len(cases)} case{'s' if len(cases) != 1 else ''}):       {start} {before_eval:.4f} -> +τ {after:.4f} "
               f"({_pct(before_eval, after)})")
     if before_general is not None:
         after = eval_loss(model, tokenizer, general)
