@@ -71,7 +71,8 @@ def draw_graph(g: nx.DiGraph, out: str | Path, title: str | None = None) -> Path
         if edges:
             nx.draw_networkx_edges(
                 g, pos, edgelist=edges, ax=ax, edge_color=colour, style=style, width=2.0,
-                arrows=True, arrowsize=18, node_size=5200, connectionstyle="arc3,rad=0.08",
+                arrows=True, arrowsize=18, connectionstyle="arc3,rad=0.08",
+                min_source_margin=45, min_target_margin=45,  # stop outside the label boxes
             )
     for n, (x, y) in pos.items():
         w = g.nodes[n].get("weight", 1.0)
