@@ -60,13 +60,15 @@ def random_llama_base(work: Path, params: float, tokenizer_from: Path) -> Path:
     per_layer = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden
     layers = max(1, round((params - 2 * vocab * hidden) / per_layer))
     out = work / f"random-llama-{layers}L"
-    if (out / "model.safetensors").is_file():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
     config = LlamaConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
         num_attention_heads=16, num_key_value_heads=16, tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],  # mergekit reads the architecture from here
     )
+    if (out / "model.safetensors").is_file():
+        config.save_pretrained(out)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in LlamaForCausalLM(config).state_dict().items()}
     g = torch.Generator().manual_seed(0)
@@ -93,6 +95,7 @@ def make_inputs(base: Path, work: Path, n: int) -> tuple[list[Path], list[Path]]
         vectors.append(vec)
         tuned.append(ft)
         if vec.is_file() and (ft / "model.safetensors").is_file() and _readable_vector(vec):
+            _copy_side_files(base, ft)
             continue
         if base_state is None:
             base_state = load_file(base / "model.safetensors")
@@ -107,9 +110,7 @@ def make_inputs(base: Path, work: Path, n: int) -> tuple[list[Path], list[Path]]
         if ft.exists():
             shutil.rmtree(ft)
         ft.mkdir()
-        for f in base.iterdir():
-            if f.is_file() and f.suffix in (".json", ".jinja") and f.name != "traitgraph-base.json":
-                shutil.copyfile(f, ft / f.name)
+        _copy_side_files(base, ft)
         save_file({k: v + tau[k] for k, v in base_state.items()}, ft / "model.safetensors", metadata={"format": "pt"})
         del tau
     return vectors, tuned
@@ -122,6 +123,13 @@ def mem_available() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _copy_side_files(base: Path, ft: Path) -> None:
+    """Config, generation config, tokenizer and template of the base, into a fine-tuned dir."""
+    for f in base.iterdir():
+        if f.is_file() and f.suffix in (".json", ".jinja") and f.name != "traitgraph-base.json":
+            shutil.copyfile(f, ft / f.name)
 
 
 def _readable_vector(path: Path) -> bool:
@@ -247,6 +255,9 @@ def main() -> int:
                         help=f"comma list of {', '.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--work", default=None, help="work directory (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--no-skip", action="store_true",
+                        help="run even what the memory estimate says will not fit (the launcher still stops it "
+                             "when less than 2 GiB is left)")
     parser.add_argument("--run", choices=["ours", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -292,7 +303,7 @@ def main() -> int:
                     # Peak memory seen on SmolLM2, in models: naive n + 2, mergekit ~n + 3. A run that
                     # cannot fit beside the launcher's floor is skipped (the machine may be shared).
                     factor = {"naive": n + 2, "mergekit": n + 3}.get(method)
-                    if factor and factor * model_mib * 2**20 > mem_available() - MIN_FREE:
+                    if factor and not args.no_skip and factor * model_mib * 2**20 > mem_available() - MIN_FREE:
                         print(f"  {model} n={n} {method:<9} skipped (needs ~{factor * model_mib / 1024:.1f} GiB,"
                               f" {mem_available() / 2**30:.1f} GiB available)", flush=True)
                         continue
