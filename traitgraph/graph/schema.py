@@ -231,7 +231,10 @@ class MergeSettings(Strict):
     )
     normalize: Literal["weights", "count", "none"] = Field(
         default="count",
-        description="Disjoint mean divisor: sum of agreeing |weights| (mergekit), count of agreeing vectors (PEFT), or none.",
+        description=(
+            "TIES disjoint-mean divisor: `count` of agreeing vectors (PEFT, the paper), `weights` = sum of "
+            "agreeing |w| (mergekit when all weights are positive), or `none`. Linear methods ignore it."
+        ),
     )
     seed: int = Field(default=0, ge=0, description="Seed of DARE's drop mask.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
