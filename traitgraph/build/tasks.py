@@ -131,7 +131,7 @@ def link_action(plan: BuildPlan) -> None:
 # --------------------------------------------------------------------------- tasks
 
 
-def _ok(fn: Callable[..., None], *args: Any) -> Callable[[], bool]:
+def task_action(fn: Callable[..., None], *args: Any) -> Callable[[], bool]:
     """A doit python-action: run ``fn``; a user mistake fails the task with its message, no traceback."""
 
     def action() -> bool:
@@ -152,7 +152,7 @@ def base_task(plan: BuildPlan) -> dict[str, Any]:
     return {
         "basename": "base",
         "doc": f"prepare the base model ({plan.spec.personality.base})",
-        "actions": [_ok(build_base, plan)],
+        "actions": [task_action(build_base, plan)],
         "uptodate": [lambda: base_is_ready(plan.spec.personality.base, plan.spec.specs_dir)],
     }
 
@@ -164,7 +164,7 @@ def train_tasks(plan: BuildPlan) -> Iterator[dict[str, Any]]:
             "basename": "train",
             "name": node_id,
             "doc": plan.spec.nodes[node_id].spec.description.strip().splitlines()[0][:70],
-            "actions": [_ok(train_node_action, plan, node_id)],
+            "actions": [task_action(train_node_action, plan, node_id)],
             "task_dep": ["base", *(f"train:{d}" for d in plan.spec.dependencies(node_id))],
             "uptodate": [lambda n=node_id: plan.node_is_built(n)],
         }
@@ -174,7 +174,7 @@ def link_task(plan: BuildPlan) -> dict[str, Any]:
     return {
         "basename": "link",
         "doc": f"link the task vectors ({plan.spec.personality.merge.method}) into {plan.out.checkpoint}",
-        "actions": [_ok(link_action, plan)],
+        "actions": [task_action(link_action, plan)],
         "task_dep": ["train"],
         "uptodate": [plan.link_is_current],
     }

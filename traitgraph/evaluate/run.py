@@ -579,12 +579,12 @@ def run_eval(plan: BuildPlan, *, threads: int | None = None, progress: bool = Tr
 
 def eval_task(plan: BuildPlan) -> dict[str, Any]:
     """The ``eval`` doit task: after ``link``; up to date when the last report passed on the same inputs."""
-    from traitgraph.build.tasks import _ok
+    from traitgraph.build.tasks import task_action
 
     return {
         "basename": "eval",
         "doc": f"score behaviour and retention of {plan.out.checkpoint}, write {plan.out.root / REPORT_MD}, apply the gates",
-        "actions": [_ok(run_eval, plan)],
+        "actions": [task_action(run_eval, plan)],
         "task_dep": ["link"],
         "uptodate": [lambda: report_is_current(plan)],
         "verbosity": 2,
