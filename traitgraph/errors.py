@@ -12,6 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def field_path(loc: tuple) -> str:
+    """A pydantic error location as a user writes it: ``('examples', 3, 'response')``
+    becomes ``examples[3].response`` (empty for the top level)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
 class UserError(Exception):
     """A mistake the user can fix; printed without a traceback, exit status 2."""
 

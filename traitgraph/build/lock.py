@@ -28,7 +28,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from traitgraph.atomic import sha256_file, write_text_atomic
-from traitgraph.errors import BuildError
+from traitgraph.errors import BuildError, field_path
 from traitgraph.graph.schema import MergeSettings
 
 
@@ -84,7 +84,7 @@ def read_lock(path: str | os.PathLike) -> LockFile:
     try:
         return LockFile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<top>'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{field_path(e['loc']) or '<top level>'}: {e['msg']}" for e in exc.errors())
         raise BuildError(f"{path}: invalid lock file: {problems}") from None
 
 

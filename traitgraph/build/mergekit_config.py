@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from traitgraph.build.link import LinkInput, link
 from traitgraph.build.merging import MergeOptions
-from traitgraph.errors import UserError
+from traitgraph.errors import UserError, field_path
 
 SUPPORTED_METHODS = ("ties", "task_arithmetic", "dare_ties", "dare_linear")
 #: mergekit's default for ``normalize`` per method (its registry's ``default_normalize``).
@@ -87,13 +87,6 @@ class MergekitConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(default=None, description="Output dtype.")
 
 
-def _location(loc: tuple) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "<top level>"
-
-
 def load_mergekit_config(path: str | os.PathLike) -> MergekitConfig:
     """Read and check a mergekit YAML; a :class:`UserError` naming the file and key otherwise."""
     import yaml
@@ -112,7 +105,7 @@ def load_mergekit_config(path: str | os.PathLike) -> MergekitConfig:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            where = _location(err["loc"])
+            where = field_path(err["loc"]) or "<top level>"
             if err["type"] == "extra_forbidden":
                 problems.append(f"key '{where}' is not supported by traitgraph merge (remove it, or use mergekit-yaml)")
             else:

@@ -26,7 +26,7 @@ import networkx as nx
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from traitgraph.errors import SpecError, SpecProblem
+from traitgraph.errors import SpecError, SpecProblem, field_path
 from traitgraph.graph.schema import (
     DEPENDENCY_EDGE_KINDS,
     Example,
@@ -104,17 +104,6 @@ class Spec:
 # --------------------------------------------------------------------------- helpers
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    """pydantic's ``('examples', 3, 'response')`` as ``examples[3].response``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
 _HINTS = {
     "extra_forbidden": "remove the key, or check its spelling against the README's spec reference",
     "missing": "add the field",
@@ -126,7 +115,7 @@ def _validation_problems(
 ) -> list[SpecProblem]:
     problems = []
     for err in exc.errors():
-        path = _field_path(err["loc"])
+        path = field_path(err["loc"])
         if prefix:
             path = f"{prefix}.{path}" if path and not path.startswith("[") else f"{prefix}{path}"
         msg = err["msg"]
