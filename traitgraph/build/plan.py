@@ -126,15 +126,21 @@ class BuildPlan:
             "merge": self.spec.personality.merge.model_dump(mode="json", by_alias=True),
         }
 
-    def link_is_current(self) -> bool:
-        """The lock records the current inputs and its outputs are untouched."""
+    def last_lock(self):
+        """The lock file of the last link into OUT, or None when there is none (or it is unreadable)."""
         from traitgraph.build.lock import read_lock
 
-        if not self.out.lock.is_file() or not self.out.stamps.is_file():
-            return False
+        if not self.out.lock.is_file():
+            return None
         try:
-            lock = read_lock(self.out.lock)
+            return read_lock(self.out.lock)
         except BuildError:
+            return None
+
+    def link_is_current(self) -> bool:
+        """The lock records the current inputs and its outputs are untouched."""
+        lock = self.last_lock()
+        if lock is None or not self.out.stamps.is_file():
             return False
         if lock_inputs(lock) != self.link_inputs():
             return False

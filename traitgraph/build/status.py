@@ -11,18 +11,6 @@ from pathlib import Path
 
 from traitgraph.build.cache import payload_diff
 from traitgraph.build.plan import BuildPlan, lock_inputs
-from traitgraph.errors import BuildError
-
-
-def _last_lock(plan: BuildPlan):
-    from traitgraph.build.lock import read_lock
-
-    if not plan.out.lock.is_file():
-        return None
-    try:
-        return read_lock(plan.out.lock)
-    except BuildError:
-        return None
 
 
 def node_reasons(plan: BuildPlan, node_id: str, locked_hash: str | None) -> list[str]:
@@ -37,7 +25,7 @@ def node_reasons(plan: BuildPlan, node_id: str, locked_hash: str | None) -> list
 
 def describe_status(specs_dir: str | Path, out_dir: str | Path) -> str:
     plan = BuildPlan.load(specs_dir, out_dir)
-    lock = _last_lock(plan)
+    lock = plan.last_lock()
     locked = {n.id: n for n in lock.nodes} if lock else {}
     lines = [f"{plan.spec.personality.name}: {len(plan.spec.nodes)} nodes -> {plan.out.root}"]
     stale = 0
