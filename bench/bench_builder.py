@@ -73,7 +73,7 @@ def uptodate_check_seconds(specs: Path, out: Path, env: dict) -> float:
     """The no-op decision itself: load specs, hash, check cache and lock (in a fresh process)."""
     code = (
         "import time, sys; t0 = time.perf_counter();"
-        "from traitgraph.build.plan import BuildPlan;"
+        "from traitgraph.builder.plan import BuildPlan;"
         f"p = BuildPlan.load({str(specs)!r}, {str(out)!r});"
         "ok = all(p.node_is_built(n) for n in p.spec.nodes) and p.link_is_current();"
         "print(ok, time.perf_counter() - t0)"

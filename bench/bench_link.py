@@ -156,7 +156,7 @@ def write_yaml(path: Path, base: Path, tuned: list[Path], weights: list[float]) 
 
 
 def run_ours(args: argparse.Namespace) -> None:
-    from traitgraph.build.link import LinkInput, link_checkpoint
+    from traitgraph.linker.link import LinkInput, link_checkpoint
     from traitgraph.graph.schema import MergeSettings
 
     spec = json.loads(args.spec)
@@ -169,7 +169,7 @@ def run_naive(args: argparse.Namespace) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from traitgraph.build.merging import ties
+    from traitgraph.linker.merging import ties
     from traitgraph.compiler.task_vector import load_task_vector
 
     spec = json.loads(args.spec)
@@ -225,7 +225,7 @@ def compare(a: Path, b: Path, tol: float = 1e-5) -> tuple[float, int]:
     """(largest |a − b|, number of entries differing by more than ``tol``), one tensor at a time."""
     from safetensors import safe_open
 
-    from traitgraph.build.link import checkpoint_files
+    from traitgraph.linker.link import checkpoint_files
 
     def where(d: Path) -> dict[str, Path]:
         out = {}

@@ -238,7 +238,7 @@ def test_status_explains_what_changed(project, tiny_base_dir):
 
 
 def test_second_build_on_same_output_is_refused(project):
-    from traitgraph.build.plan import OutputLayout, OutputLock
+    from traitgraph.builder.plan import OutputLayout, OutputLock
 
     specs, out, cache = project
     with OutputLock(OutputLayout(out)):
@@ -270,7 +270,7 @@ def test_kill_during_training_then_rebuild(project, tmp_path, tiny_base_dir):
     proc.wait()
     assert not (out / "traitgraph.lock").exists()
 
-    from traitgraph.build.cache import VectorCache
+    from traitgraph.builder.cache import VectorCache
 
     assert "beta" not in {e.node_id for e in VectorCache(cache).entries()}
     del nodes["beta"]["training"]
@@ -281,7 +281,7 @@ def test_kill_during_training_then_rebuild(project, tmp_path, tiny_base_dir):
 
 
 def test_corrupt_cached_vector_is_rebuilt(project):
-    from traitgraph.build.cache import VectorCache
+    from traitgraph.builder.cache import VectorCache
 
     specs, out, cache = project
     log = BuildLog(out)
@@ -322,7 +322,7 @@ def test_relink_from_lock_and_gc(project, tmp_path):
         assert (relinked / "checkpoint" / name).read_bytes() == (out / "checkpoint" / name).read_bytes()
 
     # gc keeps what the lock references and drops the rest.
-    from traitgraph.build.cache import VectorCache
+    from traitgraph.builder.cache import VectorCache
 
     before = {e.training_hash for e in VectorCache(cache).entries()}
     shutil.copy(out / "traitgraph.lock", tmp_path / "keep.lock")

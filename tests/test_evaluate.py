@@ -17,7 +17,7 @@ import torch
 import yaml
 from conftest import pirate_node, write_tiny_specs
 
-from traitgraph.build.plan import BuildPlan
+from traitgraph.builder.plan import BuildPlan
 from traitgraph.cli import main
 from traitgraph.compiler.base_model import ResolvedBase, load_model
 from traitgraph.compiler.data import collate, encode_example, pad_id

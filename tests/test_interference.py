@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_link import save_vector
 
-from traitgraph.build.interference import interference, plot_interference
+from traitgraph.linker.interference import interference, plot_interference
 from traitgraph.cli import main
 
 

@@ -15,13 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from traitgraph.build.mergekit_config import load_mergekit_config, plan_merge
+from traitgraph.linker.mergekit_config import load_mergekit_config, plan_merge
 from traitgraph.cli import main
 from traitgraph.errors import UserError
 
 
 def tensors(directory: Path) -> dict[str, torch.Tensor]:
-    from traitgraph.build.link import checkpoint_files
+    from traitgraph.linker.link import checkpoint_files
 
     out: dict[str, torch.Tensor] = {}
     for f in checkpoint_files(directory):

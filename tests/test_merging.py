@@ -11,7 +11,7 @@ import typing
 import pytest
 import torch
 
-from traitgraph.build.merging import (
+from traitgraph.linker.merging import (
     METHODS,
     MagnitudeTrim,
     MergeOptions,

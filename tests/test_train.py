@@ -209,7 +209,7 @@ def test_oscillation_is_max_over_min_of_the_smoothed_tail():
 
 
 def test_train_command(tiny_specs, capsys):
-    from traitgraph.build.cache import VectorCache
+    from traitgraph.builder.cache import VectorCache
     from traitgraph.cli import main
     from traitgraph.graph.hashing import node_hashes
 

@@ -23,14 +23,15 @@ def run(args: argparse.Namespace) -> int:
     from doit.cmd_base import ModuleTaskLoader
     from doit.doit_cmd import DoitMain
 
-    from traitgraph.build.plan import OutputLock
-    from traitgraph.build.tasks import load_plan_or_exit, runs_tasks, task_creators
+    from traitgraph.builder.tasks import runs_tasks
+    from traitgraph.pipeline import open_build
 
     extra = list(args.passthrough)  # doit arguments after --
-    plan = load_plan_or_exit(args.specs_dir, args.out)
-    loader = ModuleTaskLoader(task_creators(plan))
-    if not runs_tasks(extra):
-        return DoitMain(loader).run(extra)
-    doit_args = ["-n", str(args.jobs), *extra] if args.jobs > 1 else extra
-    with OutputLock(plan.out):
+    build = open_build(args.specs_dir, args.out, runs_tasks=runs_tasks(extra))
+    loader = ModuleTaskLoader(build.doit_namespace())
+    doit_args = ["-n", str(args.jobs), *extra] if args.jobs > 1 and runs_tasks(extra) else extra
+    try:
         return DoitMain(loader).run(doit_args)
+    finally:
+        if build.output_lock is not None:
+            build.output_lock.release()

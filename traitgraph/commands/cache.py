@@ -29,8 +29,8 @@ def human(n: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from traitgraph.build.cache import VectorCache
-    from traitgraph.build.lock import read_lock
+    from traitgraph.builder.cache import VectorCache
+    from traitgraph.linker.lock import read_lock
     from traitgraph.errors import UserError
 
     cache = VectorCache()

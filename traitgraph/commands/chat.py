@@ -39,7 +39,7 @@ def checkpoint_dir(out_dir: Path) -> Path:
 
 
 def _model_ref(args: argparse.Namespace):
-    from traitgraph.build.lock import read_lock
+    from traitgraph.linker.lock import read_lock
     from traitgraph.compiler.base_model import ResolvedBase, resolve_base
     from traitgraph.errors import UserError
 

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from traitgraph.build.plan import BuildPlan, OutputLock
+    from traitgraph.builder.plan import BuildPlan, OutputLock
     from traitgraph.evaluate.run import read_build_lock, run_eval
 
     plan = BuildPlan.load(args.specs_dir, args.out)

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from traitgraph.build.interference import interference, plot_interference
+    from traitgraph.linker.interference import interference, plot_interference
     from traitgraph.compiler.task_vector import read_task_vector_meta
     from traitgraph.errors import UserError
 

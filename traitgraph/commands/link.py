@@ -21,10 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from traitgraph.build.cache import VectorCache
-    from traitgraph.build.lock import read_lock, relink
-    from traitgraph.build.plan import BuildPlan, OutputLayout, OutputLock, write_stamps
-    from traitgraph.build.tasks import link_action
+    from traitgraph.builder.cache import VectorCache
+    from traitgraph.linker.lock import read_lock, relink
+    from traitgraph.builder.plan import BuildPlan, OutputLayout, OutputLock, write_stamps
+    from traitgraph.builder.tasks import link_action
     from traitgraph.compiler.base_model import resolve_base
     from traitgraph.errors import BuildError, UserError
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     out = OutputLayout(Path(args.out))
     with OutputLock(out):
         relink(lock, cache.vector_path, base.path, out.checkpoint)
-        from traitgraph.build.lock import write_lock
+        from traitgraph.linker.lock import write_lock
 
         write_lock(out.lock, lock)
         write_stamps(out, lock.outputs)

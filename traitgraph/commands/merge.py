@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from traitgraph.build.mergekit_config import run_merge
+    from traitgraph.linker.mergekit_config import run_merge
 
     outputs = run_merge(
         args.config, args.out_dir, seed=args.seed, max_shard_size=args.max_shard_size,

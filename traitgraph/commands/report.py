@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     report = write_report(read_report(out / REPORT_JSON), out)
     print(f"wrote {out / REPORT_MD} and {len(report.figures)} figures from {out / REPORT_JSON}")
     try:
-        from traitgraph.build.plan import BuildPlan
+        from traitgraph.builder.plan import BuildPlan
         from traitgraph.evaluate.run import eval_inputs
 
         if report.inputs != eval_inputs(BuildPlan.load(args.specs_dir, out)):

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from traitgraph.build.status import describe_status
+    from traitgraph.builder.status import describe_status
 
     print(describe_status(args.specs_dir, args.out))
     return 0

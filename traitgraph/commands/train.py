@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from traitgraph.atomic import sha256_file
-    from traitgraph.build.cache import VectorCache
-    from traitgraph.build.tasks import train_threads
+    from traitgraph.builder.cache import VectorCache
+    from traitgraph.builder.tasks import train_threads
     from traitgraph.compiler.base_model import load_model, resolve_base
     from traitgraph.compiler.data import load_general_text
     from traitgraph.compiler.train import apply_task_vectors, eval_loss, train_node

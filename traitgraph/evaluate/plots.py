@@ -133,7 +133,7 @@ def plot_retention(report, png: Path) -> Path:
 
 def plot_interference(report, png: Path) -> Path | None:
     """The linker's interference heatmaps (cosine; sign conflict with overlap) of the linked vectors."""
-    from traitgraph.build.interference import plot_interference as draw
+    from traitgraph.linker.interference import plot_interference as draw
 
     if report.interference is None or len(report.interference.names) < 2:
         return None

@@ -191,7 +191,7 @@ class Retention(_Model):
 
 
 class Interference(_Model):
-    """Pairwise overlap of the linked task vectors, as :mod:`traitgraph.build.interference`
+    """Pairwise overlap of the linked task vectors, as :mod:`traitgraph.linker.interference`
     measures it (n × n matrices in the order of ``names``; ``None`` where undefined)."""
 
     names: list[str]
@@ -210,7 +210,7 @@ class Interference(_Model):
                    cosine=rows(result.cosine), overlap=rows(result.overlap), conflict=rows(result.conflict))
 
     def to_result(self):
-        from traitgraph.build.interference import InterferenceResult
+        from traitgraph.linker.interference import InterferenceResult
 
         def rows(m):
             return [[float("nan") if x is None else x for x in row] for row in m]

@@ -38,9 +38,10 @@ from typing import Any
 
 from traitgraph import __version__
 from traitgraph.atomic import sha256_file, write_text_atomic
-from traitgraph.build.plan import BuildPlan, log_event
+from traitgraph.builder.plan import BuildPlan, log_event, remove_outputs
 from traitgraph.errors import BuildError, UserError
 from traitgraph.evaluate.report import (
+    FIGURES_DIR,
     REPORT_JSON,
     REPORT_MD,
     CaseRow,
@@ -145,7 +146,7 @@ def _general_text_hash(spec: Spec) -> str:
 
 def read_build_lock(plan: BuildPlan):
     """The lock file of the last build in ``plan.out``; none is a :class:`BuildError` saying to build."""
-    from traitgraph.build.lock import read_lock
+    from traitgraph.linker.lock import read_lock
 
     if not plan.out.lock.is_file():
         raise BuildError(
@@ -385,7 +386,7 @@ def _interference(
 ) -> Interference | None:
     """Pairwise cosine, trim overlap and sign conflict of the weighted vectors (the linker's measure),
     remembered by the vectors' sha256, weights and density. A failure is a note, not a failed evaluation."""
-    from traitgraph.build.interference import interference
+    from traitgraph.linker.interference import interference
 
     if len(vectors) < 2:
         return None
@@ -579,7 +580,7 @@ def run_eval(plan: BuildPlan, *, threads: int | None = None, progress: bool = Tr
 
 def eval_task(plan: BuildPlan) -> dict[str, Any]:
     """The ``eval`` doit task: after ``link``; up to date when the last report passed on the same inputs."""
-    from traitgraph.build.tasks import task_action
+    from traitgraph.builder.tasks import task_action
 
     return {
         "basename": "eval",
@@ -587,5 +588,6 @@ def eval_task(plan: BuildPlan) -> dict[str, Any]:
         "actions": [task_action(run_eval, plan)],
         "task_dep": ["link"],
         "uptodate": [lambda: report_is_current(plan)],
+        "clean": [lambda: remove_outputs(*(plan.out.root / name for name in (REPORT_MD, REPORT_JSON, FIGURES_DIR)))],
         "verbosity": 2,
     }

@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from traitgraph.build.merging.dare import dare_linear, dare_ties, drop_and_rescale
-from traitgraph.build.merging.task_arithmetic import (
+from traitgraph.linker.merging.dare import dare_linear, dare_ties, drop_and_rescale
+from traitgraph.linker.merging.task_arithmetic import (
     NORMALIZE_CHOICES,
     Normalize,
     WeightedSum,
     linear_divisor,
     task_arithmetic,
 )
-from traitgraph.build.merging.ties import SIGN_VOTE_CHOICES, DisjointMerge, MagnitudeTrim, SignVote, ties
+from traitgraph.linker.merging.ties import SIGN_VOTE_CHOICES, DisjointMerge, MagnitudeTrim, SignVote, ties
 from traitgraph.errors import UserError
 
 if TYPE_CHECKING:

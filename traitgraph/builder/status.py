@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from traitgraph.build.cache import payload_diff
-from traitgraph.build.plan import BuildPlan, lock_inputs
+from traitgraph.builder.cache import payload_diff
+from traitgraph.builder.plan import BuildPlan, lock_inputs
 
 
 def node_reasons(plan: BuildPlan, node_id: str, locked_hash: str | None) -> list[str]:

@@ -25,7 +25,7 @@ output equals ``mergekit-yaml``'s to float32 rounding for ``ties`` and
 * We always compute in float32 and cast at the end; mergekit computes in
   ``dtype``, so for bfloat16/float16 our result is the more exact one.
 * mergekit's ``normalize`` divides by the *signed* sum of agreeing weights
-  (:mod:`traitgraph.build.merging.ties`, ``signed_weights``): a lone model
+  (:mod:`traitgraph.linker.merging.ties`, ``signed_weights``): a lone model
   with a negative weight is added, not subtracted. We reproduce it, and warn.
 * DARE's drop mask is ours (seeded with ``--seed``) and rescales by
   1/density as in the paper; mergekit's mask is unseeded and it rescales to
@@ -40,8 +40,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from traitgraph.build.link import LinkInput, link
-from traitgraph.build.merging import MergeOptions
+from traitgraph.linker.link import LinkInput, link
+from traitgraph.linker.merging import MergeOptions
 from traitgraph.errors import UserError, field_path
 
 SUPPORTED_METHODS = ("ties", "task_arithmetic", "dare_ties", "dare_linear")

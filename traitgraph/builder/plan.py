@@ -13,7 +13,7 @@ the up-to-date questions of every task:
 Output directory layout::
 
     OUT/checkpoint/          the linked Hugging Face checkpoint
-    OUT/traitgraph.lock      the merge recipe (see traitgraph.build.lock)
+    OUT/traitgraph.lock      the merge recipe (see traitgraph.linker.lock)
     OUT/build.log            one JSON line per task that did work
     OUT/.traitgraph/         build state: output stamps, the build lock
 """
@@ -23,13 +23,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from traitgraph.atomic import write_text_atomic
-from traitgraph.build.cache import VectorCache
+from traitgraph.builder.cache import VectorCache
 from traitgraph.errors import BuildError
 from traitgraph.graph import Spec, load_specs
 from traitgraph.graph.hashing import node_hashes, training_payload
@@ -84,6 +85,9 @@ class BuildPlan:
     out: OutputLayout
     _payloads: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
+    def __repr__(self) -> str:  # short: doit info prints it beside every uptodate check
+        return f"BuildPlan({self.spec.specs_dir} -> {self.out.root}, {len(self.hashes)} nodes)"
+
     @classmethod
     def load(cls, specs_dir: str | Path, out_dir: str | Path, cache_dir: str | Path | None = None) -> "BuildPlan":
         spec = load_specs(specs_dir)
@@ -128,7 +132,7 @@ class BuildPlan:
 
     def last_lock(self):
         """The lock file of the last link into OUT, or None when there is none (or it is unreadable)."""
-        from traitgraph.build.lock import read_lock
+        from traitgraph.linker.lock import read_lock
 
         if not self.out.lock.is_file():
             return None
@@ -160,6 +164,18 @@ def lock_inputs(lock) -> dict[str, Any]:
         ),
         "merge": lock.merge.model_dump(mode="json", by_alias=True),
     }
+
+
+def remove_outputs(*paths: Path) -> None:
+    """``doit clean``: remove outputs the build wrote (files or directories); missing ones are fine."""
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        print(f"removed {path}")
 
 
 def write_stamps(out: OutputLayout, outputs: dict[str, str]) -> None:

@@ -7,7 +7,7 @@
 **Streaming.** For each tensor of the base checkpoint (in the base's order),
 the base tensor and each task vector's tensor are read through ``safe_open``
 in row chunks of at most :data:`CHUNK_ELEMENTS` entries, merged in float32
-(:class:`~traitgraph.build.merging.TensorMerge`), cast to the output dtype and
+(:class:`~traitgraph.linker.merging.TensorMerge`), cast to the output dtype and
 written straight into the output shard: each shard's safetensors header is
 computed up front from the base's shapes, so no shard is ever held in memory.
 TIES first reads each vector's whole tensor once to fit its trim threshold.
@@ -50,7 +50,7 @@ import torch
 from safetensors import safe_open
 
 from traitgraph.atomic import sha256_file
-from traitgraph.build.merging import MergeOptions, TensorMerge, derive_seed
+from traitgraph.linker.merging import MergeOptions, TensorMerge, derive_seed
 from traitgraph.compiler.task_vector import open_task_vector, read_task_vector_meta
 from traitgraph.errors import BuildError, UserError
 

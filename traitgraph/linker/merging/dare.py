@@ -27,8 +27,8 @@ from collections.abc import Sequence
 
 import torch
 
-from traitgraph.build.merging.task_arithmetic import Normalize, task_arithmetic
-from traitgraph.build.merging.ties import SignVote, _per_input, elect_and_merge
+from traitgraph.linker.merging.task_arithmetic import Normalize, task_arithmetic
+from traitgraph.linker.merging.ties import SignVote, _per_input, elect_and_merge
 
 #: Entries per random block of the drop mask (part of the mask's definition: changing
 #: it changes every DARE merge, so treat it like a format version).

@@ -1,6 +1,6 @@
 """Merge methods: pure functions on tensors, one module per paper, found by spec name.
 
->>> from traitgraph.build.merging import ties, get_method
+>>> from traitgraph.linker.merging import ties, get_method
 >>> delta = ties([tau_a, tau_b], weights=[1.0, -0.5], density=0.2)   # doctest: +SKIP
 >>> get_method("dare_ties").paper
 'Yu et al. 2023, arXiv 2311.03099'
@@ -8,10 +8,10 @@
 Every function returns the merged *delta* in float32: W = W_base + delta.
 """
 
-from traitgraph.build.merging.dare import dare_linear, dare_ties, derive_seed, keep_mask
-from traitgraph.build.merging.registry import METHODS, MergeMethod, MergeOptions, TensorMerge, get_method
-from traitgraph.build.merging.task_arithmetic import task_arithmetic
-from traitgraph.build.merging.ties import DisjointMerge, MagnitudeTrim, keep_count, ties, trim
+from traitgraph.linker.merging.dare import dare_linear, dare_ties, derive_seed, keep_mask
+from traitgraph.linker.merging.registry import METHODS, MergeMethod, MergeOptions, TensorMerge, get_method
+from traitgraph.linker.merging.task_arithmetic import task_arithmetic
+from traitgraph.linker.merging.ties import DisjointMerge, MagnitudeTrim, keep_count, ties, trim
 
 __all__ = [
     "METHODS",

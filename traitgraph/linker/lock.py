@@ -115,8 +115,8 @@ def relink(
     (another base, another traitgraph) is one too, and ``out_dir`` is then left
     as it was. The caller checks the base's fingerprint.
     """
-    from traitgraph.build.link import LinkInput, link  # torch: only when relinking
-    from traitgraph.build.merging import MergeOptions
+    from traitgraph.linker.link import LinkInput, link  # torch: only when relinking
+    from traitgraph.linker.merging import MergeOptions
 
     inputs = []
     for node in lock.nodes:

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from traitgraph.build.link import HandlePool, TensorFiles, read_headers, row_chunks
-from traitgraph.build.merging import MagnitudeTrim
+from traitgraph.linker.link import HandlePool, TensorFiles, read_headers, row_chunks
+from traitgraph.linker.merging import MagnitudeTrim
 from traitgraph.compiler.task_vector import read_task_vector_meta
 from traitgraph.errors import BuildError, UserError
 

@@ -1,9 +1,9 @@
 """doit tasks for a personality build: ``base``, ``train:<node>``, ``link``, ``eval``.
 
-``dodo.py`` at the repository root only calls :func:`task_creators`; the
-``traitgraph build`` command runs the same creators through doit's API.
+:mod:`traitgraph.pipeline` puts these together with the ``eval`` task for
+``dodo.py`` and ``traitgraph build``.
 
-Up-to-dateness is decided by content (see :mod:`traitgraph.build.plan`),
+Up-to-dateness is decided by content (see :mod:`traitgraph.builder.plan`),
 never by file times: each task carries an ``uptodate`` callable and no
 ``file_dep``. doit's own state is kept in a sqlite file under
 ``OUT/.traitgraph/`` (sqlite tolerates two processes; the default dbm
@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from traitgraph.build.plan import BuildPlan, OutputLock, log_event, write_stamps
+from traitgraph.builder.plan import BuildPlan, log_event, remove_outputs, write_stamps
 from traitgraph.errors import UserError
 
 #: torch threads per training process. Fixed (not "all cores") because float
@@ -32,22 +33,15 @@ def train_threads() -> int:
     return max(1, int(os.environ.get(TRAIN_THREADS_ENV, "1")))
 
 
-def doit_config(plan: BuildPlan) -> dict[str, Any]:
+def doit_config(plan: BuildPlan, default_tasks: list[str]) -> dict[str, Any]:
+    """doit's settings for a build: sqlite state under ``OUT/.traitgraph/``, full output."""
     plan.out.state.mkdir(parents=True, exist_ok=True)
     return {
         "backend": "sqlite3",
         "dep_file": str(plan.out.state / "doit.sqlite"),
         "verbosity": 2,
-        "default_tasks": ["eval"] if _eval_available() else ["link"],
+        "default_tasks": default_tasks,
     }
-
-
-def _eval_available() -> bool:
-    try:
-        import traitgraph.evaluate.run  # noqa: F401
-    except ModuleNotFoundError:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------- actions
@@ -61,17 +55,21 @@ def build_base(plan: BuildPlan) -> None:
     print(f"base {plan.spec.personality.base}: {base.path} ({time.perf_counter() - t0:.1f}s)")
 
 
-def train_node_action(plan: BuildPlan, node_id: str) -> None:
-    """Train one node into the cache (a no-op on a cache hit)."""
+def train_node_action(plan: BuildPlan, node_id: str) -> dict[str, str]:
+    """Train one node into the cache; on a cache hit, verify the cached vector (full sha256) instead.
+
+    Returns the training hash, which doit keeps as the task's value (see :func:`train_is_current`).
+    """
+    h = plan.hashes[node_id]
+    if plan.cache.is_fresh(h):
+        verified_vector(plan, node_id)
+        print(f"train:{node_id}: cache hit {h[:12]} (verified)")
+        return {"training_hash": h}
     import torch
 
     from traitgraph.compiler.base_model import resolve_base
     from traitgraph.compiler.train import train_node
 
-    h = plan.hashes[node_id]
-    if plan.cache.is_fresh(h):
-        print(f"train:{node_id}: cache hit {h[:12]}")
-        return
     torch.set_num_threads(train_threads())
     parents = [plan.cache.verify(plan.hashes[dep]) for dep in plan.spec.dependencies(node_id)]
     base = resolve_base(plan.spec.personality.base, plan.spec.specs_dir)
@@ -81,11 +79,19 @@ def train_node_action(plan: BuildPlan, node_id: str) -> None:
     seconds = time.perf_counter() - t0
     print(f"train:{node_id}: {meta.steps} steps, final loss {meta.final_loss:.4f}, {seconds:.1f}s -> {h[:12]}")
     log_event(plan.out, "train", node=node_id, hash=h, seconds=round(seconds, 2), final_loss=meta.final_loss)
+    return {"training_hash": h}
+
+
+def train_is_current(plan: BuildPlan, node_id: str, values: dict[str, Any]) -> bool:
+    """``train:<node>`` is up to date when the cache holds a fresh vector for the node's
+    training hash and this output's doit state recorded that hash (``doit forget
+    train:NODE`` clears it, so the next build re-verifies the cached vector)."""
+    return values.get("training_hash") == plan.hashes[node_id] and plan.node_is_built(node_id)
 
 
 def verified_vector(plan: BuildPlan, node_id: str) -> Path:
     """The node's cached vector after a full hash check; a corrupt one is retrained first."""
-    from traitgraph.build.cache import CorruptEntry
+    from traitgraph.builder.cache import CorruptEntry
 
     try:
         return plan.cache.verify(plan.hashes[node_id])
@@ -98,8 +104,8 @@ def verified_vector(plan: BuildPlan, node_id: str) -> Path:
 def link_action(plan: BuildPlan) -> None:
     """Link every node's vector into OUT/checkpoint and write the lock file."""
     from traitgraph import __version__
-    from traitgraph.build.link import LinkInput, link_checkpoint
-    from traitgraph.build.lock import LockBase, LockFile, LockNode, write_lock
+    from traitgraph.linker.link import LinkInput, link_checkpoint
+    from traitgraph.linker.lock import LockBase, LockFile, LockNode, write_lock
     from traitgraph.compiler.base_model import resolve_base
 
     spec = plan.spec
@@ -131,16 +137,26 @@ def link_action(plan: BuildPlan) -> None:
 # --------------------------------------------------------------------------- tasks
 
 
-def task_action(fn: Callable[..., None], *args: Any) -> Callable[[], bool]:
-    """A doit python-action: run ``fn``; a user mistake fails the task with its message, no traceback."""
+def task_action(fn: Callable[..., None], *args: Any) -> Callable[[], Any]:
+    """A doit python-action with traitgraph's exit codes (README, "Exit codes").
 
-    def action() -> bool:
+    A user mistake or a failed gate prints ``error: ...`` without a traceback
+    and becomes doit's *error* (doit exits 2); anything else is a bug: its
+    traceback is printed and it becomes doit's *failure* (doit exits 1).
+    """
+
+    def action() -> Any:
+        from doit.exceptions import TaskError, TaskFailed
+
         try:
-            fn(*args)
+            result = fn(*args)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return False
-        return True
+            return TaskError(str(exc).splitlines()[0])
+        except Exception:  # a bug: keep its traceback, exit 1
+            traceback.print_exc()
+            return TaskFailed("internal error in traitgraph (traceback above)")
+        return result if isinstance(result, dict) else None  # a dict is kept as the task's values
 
     action.__name__ = getattr(fn, "__name__", "action")
     return action
@@ -166,7 +182,7 @@ def train_tasks(plan: BuildPlan) -> Iterator[dict[str, Any]]:
             "doc": plan.spec.nodes[node_id].spec.description.strip().splitlines()[0][:70],
             "actions": [task_action(train_node_action, plan, node_id)],
             "task_dep": ["base", *(f"train:{d}" for d in plan.spec.dependencies(node_id))],
-            "uptodate": [lambda n=node_id: plan.node_is_built(n)],
+            "uptodate": [lambda task, values, n=node_id: train_is_current(plan, n, values)],
         }
 
 
@@ -177,51 +193,16 @@ def link_task(plan: BuildPlan) -> dict[str, Any]:
         "actions": [task_action(link_action, plan)],
         "task_dep": ["train"],
         "uptodate": [plan.link_is_current],
+        "clean": [lambda: remove_outputs(plan.out.checkpoint, plan.out.lock, plan.out.stamps)],
     }
 
 
 #: doit commands that only read the build; every other invocation runs tasks.
 READ_ONLY_DOIT_COMMANDS = frozenset(
-    {"list", "info", "help", "dumpdb", "strace", "tabcompletion", "forget", "ignore", "reset-dep", "clean", "auto"}
+    {"list", "info", "help", "dumpdb", "strace", "tabcompletion", "forget", "ignore", "reset-dep", "auto"}
 )
 
 
 def runs_tasks(argv: list[str]) -> bool:
     """Whether a doit command line runs tasks (``doit``, ``doit -n 2 link``) or only reads."""
     return not any(arg in READ_ONLY_DOIT_COMMANDS for arg in argv if not arg.startswith("-"))
-
-
-def load_plan_or_exit(specs_dir: str | Path, out_dir: str | Path) -> BuildPlan:
-    """The build plan; a user mistake is printed (every problem, no traceback) and exits 2."""
-    try:
-        return BuildPlan.load(specs_dir, out_dir)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def lock_output_or_exit(plan: BuildPlan) -> OutputLock:
-    """Lock OUT for this build; a build already running there is a clear refusal, exit 2."""
-    try:
-        return OutputLock(plan.out).acquire()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def task_creators(plan: BuildPlan) -> dict[str, Any]:
-    """The globals a dodo file needs: ``DOIT_CONFIG`` and ``task_*`` creators."""
-    creators: dict[str, Any] = {
-        "DOIT_CONFIG": doit_config(plan),
-        "task_base": lambda: base_task(plan),
-        "task_train": lambda: train_tasks(plan),
-        "task_link": lambda: link_task(plan),
-    }
-    if _eval_available():
-        from traitgraph.evaluate.run import eval_task
-
-        creators["task_eval"] = lambda: eval_task(plan)
-    for name, fn in creators.items():
-        if name.startswith("task_"):
-            fn.__doc__ = None
-    return creators

@@ -57,7 +57,7 @@ from typing import Literal
 
 import torch
 
-from traitgraph.build.merging.task_arithmetic import NORMALIZE_CHOICES, Normalize
+from traitgraph.linker.merging.task_arithmetic import NORMALIZE_CHOICES, Normalize
 
 SignVote = Literal["weighted", "unweighted"]
 SIGN_VOTE_CHOICES: tuple[str, ...] = ("weighted", "unweighted")

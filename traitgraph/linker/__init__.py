@@ -1,0 +1,1 @@
+"""The linker: merge methods, streaming link into a checkpoint, the lock file, interference."""
