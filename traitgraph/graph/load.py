@@ -370,21 +370,24 @@ def load_specs(specs_dir: str | Path) -> Spec:
                 )
             )
         trained = {tuple(map(str, ex.chat())) for ex in examples}
-        for i, case in enumerate(node.eval):
-            if tuple(map(str, case.chat())) in trained:
-                problems.append(
-                    SpecProblem(
-                        file=file, node=node.id, field=f"eval[{i}]",
-                        message="this eval case repeats a training context, so it is not held out",
-                        hint="write a new context for the eval case",
+        for kind, cases in (("eval", node.eval), ("ood", node.ood)):
+            for i, case in enumerate(cases):
+                if tuple(map(str, case.chat())) in trained:
+                    problems.append(
+                        SpecProblem(
+                            file=file, node=node.id, field=f"{kind}[{i}]",
+                            message=f"this {kind} case repeats a training context, so it is not held out",
+                            hint=f"write a new context for the {kind} case",
+                        )
                     )
-                )
         nodes[node.id] = LoadedNode(spec=node, file=file, examples=examples, data_files=data_files)
 
     # Graph checks run even when some files failed, to report everything at
     # once; an edge to a node whose file exists but failed to load is not
     # reported as dangling (its own problem is).
     _graph_problems(nodes, problems, unloaded={f.stem for f in node_files} - set(nodes))
+    if personality is not None:
+        _node_setting_problems(personality, personality_file, set(nodes) | {f.stem for f in node_files}, problems)
     if personality is None or problems:
         raise SpecError(problems)
     return Spec(specs_dir=specs_dir, personality_file=personality_file, personality=personality, nodes=nodes)
@@ -445,3 +448,19 @@ def _graph_problems(
                 hint="a node cannot be trained on top of itself; make one of these edges `related`",
             )
         )
+
+
+def _node_setting_problems(
+    personality: Personality, file: Path, known: set[str], problems: list[SpecProblem]
+) -> None:
+    """Settings keyed by node id (``eval.node_test_pass_rate``) name real nodes."""
+    for node_id in sorted(personality.eval.node_test_pass_rate):
+        if node_id not in known:
+            close = _near_miss(node_id, sorted(known))
+            problems.append(
+                SpecProblem(
+                    file=file, field=f"eval.node_test_pass_rate.{node_id}",
+                    message=f"unknown node '{node_id}'",
+                    hint=f"did you mean '{close}'?" if close else f"known nodes: {', '.join(sorted(known))}",
+                )
+            )

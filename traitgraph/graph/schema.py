@@ -81,12 +81,82 @@ class Example(Strict):
         return [{"role": "user", "content": self.context or ""}]
 
 
+#: ``no_repetition``: a reply fails when one n-gram of this many words ...
+REPETITION_NGRAM = 3
+#: ... occurs more than this many times in it.
+REPETITION_MAX_COUNT = 2
+
+
+class Expectation(Strict):
+    """Checks on the model's greedy reply to an eval case (a behaviour test).
+
+    Text checks ignore case and collapse whitespace. Example::
+
+        expect:
+          contains_any: [congratulations, well done]
+          avoids: [sorry to hear]
+          max_words: 60
+          no_repetition: true
+    """
+
+    contains_any: tuple[str, ...] = Field(
+        default=(), description="The reply contains at least one of these phrases, e.g. `[sorry, can't]`."
+    )
+    contains_all: tuple[str, ...] = Field(
+        default=(), description="The reply contains every one of these phrases, e.g. `[Paris]`."
+    )
+    avoids: tuple[str, ...] = Field(
+        default=(), description="The reply contains none of these phrases, e.g. `[instead, have you considered]`."
+    )
+    matches: str | None = Field(
+        default=None, min_length=1,
+        description="A Python regular expression searched in the reply, case-insensitively, e.g. `\\?`.",
+    )
+    max_words: int | None = Field(
+        default=None, gt=0, description="The reply has at most this many words, e.g. `40`."
+    )
+    no_repetition: bool = Field(
+        default=False,
+        description=f"`true`: no run of {REPETITION_NGRAM} words occurs more than "
+        f"{REPETITION_MAX_COUNT} times in the reply.",
+    )
+
+    @field_validator("contains_any", "contains_all", "avoids")
+    @classmethod
+    def _no_blank_phrase(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not phrase.strip() for phrase in v):
+            raise ValueError("a phrase is empty (it would match every reply)")
+        return v
+
+    @field_validator("matches")
+    @classmethod
+    def _valid_regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _some_check(self) -> "Expectation":
+        checks = (self.contains_any, self.contains_all, self.avoids, self.matches, self.max_words, self.no_repetition)
+        if not any(checks):
+            raise ValueError("no check given; use contains_any, contains_all, avoids, matches, max_words "
+                             "or no_repetition")
+        return self
+
+
 class EvalCase(Example):
     """A held-out case: never trained on. ``rejected`` is the unwanted reply,
-    for the preference margin log p(response) - log p(rejected)."""
+    for the preference margin log p(response) - log p(rejected); ``expect``
+    checks what the model actually says (eval only: never part of a training hash)."""
 
     rejected: str | None = Field(
         default=None, min_length=1, description="An unwanted reply, for contrastive scoring."
+    )
+    expect: Expectation | None = Field(
+        default=None, description="Checks on the greedy reply (a behaviour test), e.g. `{contains_any: [sorry]}`."
     )
 
 
@@ -261,6 +331,22 @@ class EvalSettings(Strict):
     general_text: str | None = Field(
         default=None, description="Path (relative to the specs dir) of a general text file; default: shipped set."
     )
+    min_test_pass_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Fail when the behaviour tests' pass rate, overall or of any node, is below this (0: off).",
+    )
+    node_test_pass_rate: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-node floors replacing `min_test_pass_rate` for those nodes, e.g. `{voice: 0.5}`.",
+    )
+
+    @field_validator("node_test_pass_rate")
+    @classmethod
+    def _rates_in_range(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, rate in v.items() if not 0.0 <= rate <= 1.0)
+        if bad:
+            raise ValueError(f"a pass rate is a fraction in [0, 1]; check {', '.join(bad)}")
+        return v
 
 
 # --------------------------------------------------------------------------- files
@@ -305,6 +391,10 @@ class NodeSpec(Strict):
         description="A JSONL file of more examples, relative to this node file, inside the specs dir.",
     )
     eval: tuple[EvalCase, ...] = Field(default=(), description="Held-out eval cases (never trained on).")
+    ood: tuple[EvalCase, ...] = Field(
+        default=(),
+        description="Out-of-distribution eval cases: topics and phrasings unlike the examples and `eval`.",
+    )
     edges: tuple[Edge, ...] = Field(default=(), description="Edges to other nodes.")
     training: TrainingOverrides | None = Field(default=None, description="Per-node training overrides.")
 
