@@ -208,7 +208,7 @@ def test_build_writes_report_json_markdown_and_png_figures(built):
     assert len(curt.samples) == 2 and curt.training.loss_curve
     assert report.retention.lines > 100 and len(report.retention.prompts) == 30
     assert report.interference is not None and report.interference.names == ["curt", "pirate"]
-    assert set(report.figures) == {"graph", "behaviour", "retention", "interference", "loss_curves"}
+    assert set(report.figures) == {"graph", "behaviour", "retention", "interference", "loss_curves", "tests"}
     for rel in report.figures.values():
         assert (out / rel).read_bytes().startswith(PNG_MAGIC)
     md = (out / REPORT_MD).read_text()

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "interference": "pairwise overlap and sign conflicts of task vectors",
     "cache": "list, size and garbage-collect the task-vector cache",
     "eval": "evaluate a built checkpoint against its specs",
+    "test": "run the behaviour tests (expect: on eval and ood cases) on the build or the base",
     "report": "regenerate the build report",
     "chat": "talk to a built model",
 }

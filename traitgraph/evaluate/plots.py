@@ -142,6 +142,8 @@ def plot_interference(report, png: Path) -> Path | None:
 
 def draw_figures(report, figures_dir: Path) -> dict[str, Path]:
     """Every figure the report has data for: name -> PNG path."""
+    from traitgraph.evaluate.behaviour_report import plot_test_pass_rates
+
     figures_dir = Path(figures_dir)
     out: dict[str, Path] = {}
     g = graph_from_report(report)
@@ -153,6 +155,7 @@ def draw_figures(report, figures_dir: Path) -> dict[str, Path]:
         ("retention", plot_retention),
         ("interference", plot_interference),
         ("loss_curves", plot_loss_curves),
+        ("tests", plot_test_pass_rates),
     ):
         path = fn(report, figures_dir / f"{name}.png")
         if path is not None:

@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validat
 
 from traitgraph.atomic import write_text_atomic
 from traitgraph.errors import BuildError
+from traitgraph.evaluate.behaviour_report import tests_section, tests_table
+from traitgraph.evaluate.behaviour_tests import BehaviourTestReport
 from traitgraph.graph.schema import EvalSettings
 
 FORMAT = "traitgraph.eval_report/1"
@@ -118,6 +120,9 @@ class NodeResult(_Model):
     cases: list[CaseRow] = Field(default_factory=list)
     samples: list[Sample] = Field(default_factory=list)
     training: TrainingTrace | None = None
+    ood: "NodeResult | None" = Field(
+        default=None, description="The same scores on the node's `ood` (out-of-distribution) cases."
+    )
 
     @computed_field
     @property
@@ -248,6 +253,7 @@ class EvalReport(_Model):
     nodes: list[NodeResult]
     retention: Retention
     interference: Interference | None = None
+    tests: BehaviourTestReport | None = Field(default=None, description="Behaviour tests (`expect:`), base and built.")
     gates: list[Gate]
     passed: bool
     seconds: float = Field(description="Wall time of the evaluation.")
@@ -424,6 +430,7 @@ def render_markdown(report: EvalReport) -> str:
     ]
     if "behaviour" in fig:
         out += [f"![behaviour gain]({fig['behaviour']})", ""]
+    out += tests_section(report)
     out += [
         "## Retention",
         "",
@@ -506,6 +513,7 @@ def print_summary(report: EvalReport) -> str:
         [
             f"{report.personality}: {'PASSED' if report.passed else 'FAILED'} ({report.seconds:.0f} s)",
             behaviour_table(report),
+            *([tests_table(report)] if report.tests is not None and report.tests.built else []),
             retention_table(report),
             gates_table(report),
         ]

@@ -40,12 +40,14 @@ from traitgraph import __version__
 from traitgraph.atomic import sha256_file, write_text_atomic
 from traitgraph.builder.plan import BuildPlan, log_event, remove_outputs
 from traitgraph.errors import BuildError, UserError
+from traitgraph.evaluate.behaviour_tests import BehaviourTestReport, answer_tests, behaviour_tests_of_build
 from traitgraph.evaluate.report import (
     FIGURES_DIR,
     REPORT_JSON,
     REPORT_MD,
     CaseRow,
     EvalReport,
+    Gate,
     GraphPicture,
     Interference,
     ModelScore,
@@ -172,6 +174,10 @@ def eval_inputs(plan: BuildPlan, lock=None) -> dict[str, Any]:
         "eval_cases": {
             node_id: _sha256_text(_canonical([c.model_dump(mode="json") for c in node.spec.eval]))
             for node_id, node in sorted(spec.nodes.items())
+        },
+        "ood_cases": {
+            node_id: _sha256_text(_canonical([c.model_dump(mode="json") for c in node.spec.ood]))
+            for node_id, node in sorted(spec.nodes.items()) if node.spec.ood
         },
         "graph": _sha256_text(_canonical(_graph_picture(spec).model_dump(mode="json"))),
         "general_text": _general_text_hash(spec),
@@ -322,17 +328,19 @@ def _prompt_text(case) -> str:
 
 def node_result(
     spec: Spec, node_id: str, weight: float, base: Sequence, alone: Sequence, linked: Sequence,
-    samples: list[Sample], training: TrainingTrace | None,
+    samples: list[Sample], training: TrainingTrace | None, cases: Sequence[EvalCase] | None = None,
 ) -> NodeResult:
-    """One node's behaviour score from its cases' scores under the three models."""
+    """One node's behaviour score from its cases' scores under the three models
+    (``cases``: its ``eval`` cases unless given, e.g. its ``ood`` cases)."""
     node = spec.nodes[node_id].spec
+    cases = node.eval if cases is None else cases
     direction = 1 if weight > 0 else -1
     common = dict(
         id=node_id, description=node.description.strip(), weight=weight, direction=direction,
-        n_cases=len(node.eval), n_contrastive=sum(c.rejected is not None for c in node.eval),
+        n_cases=len(cases), n_contrastive=sum(c.rejected is not None for c in cases),
         samples=samples, training=training,
     )
-    if not node.eval:
+    if not cases:
         return NodeResult(measure="none", **common)
     measure = "margin" if common["n_contrastive"] else "logprob"
     scores = {k: _model_score(v) for k, v in (("base", base), ("alone", alone), ("linked", linked))}
@@ -346,9 +354,27 @@ def node_result(
         cases=[
             CaseRow(prompt=_prompt_text(c), has_rejected=c.rejected is not None,
                     base=_case_value(b), alone=_case_value(a), linked=_case_value(li))
-            for c, b, a, li in zip(node.eval, base, alone, linked)
+            for c, b, a, li in zip(cases, base, alone, linked, strict=True)
         ],
     )
+
+
+def _scored_cases(spec: Spec, node_id: str) -> list[EvalCase]:
+    """A node's ``eval`` cases then its ``ood`` cases: scored in one pass, split by :func:`_with_ood`."""
+    node = spec.nodes[node_id].spec
+    return [*node.eval, *node.ood]
+
+
+def _with_ood(spec: Spec, node_id: str, weight: float, base: Sequence, alone: Sequence, linked: Sequence,
+              samples: list[Sample], training: TrainingTrace | None) -> NodeResult:
+    """The node's result on its eval cases, with its ``ood`` cases' result attached."""
+    node = spec.nodes[node_id].spec
+    k = len(node.eval)
+    result = node_result(spec, node_id, weight, base[:k], alone[:k], linked[:k], samples, training)
+    if not node.ood:
+        return result
+    ood = node_result(spec, node_id, weight, base[k:], alone[k:], linked[k:], [], None, cases=node.ood)
+    return result.model_copy(update={"ood": ood})
 
 
 def _graph_picture(spec: Spec) -> GraphPicture:
@@ -480,6 +506,7 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
     sample_cases = {n: list(spec.nodes[n].spec.eval[:SAMPLES_PER_NODE]) for n in order}
     sample_chats = [c.chat() for n in order for c in sample_cases[n]]
     memo_dir = plan.cache.root / "eval"
+    tests = behaviour_tests_of_build(spec, order, prompts, settings.max_new_tokens, PROMPT_NEW_TOKENS)
 
     with clock.phase("load base"):
         base_ref = resolve_base(lock.base.reference, spec.specs_dir)
@@ -492,10 +519,11 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
 
     with clock.phase("score base"):
         scorer = ModelScorer(model, tokenizer, ScoreMemo(memo_dir, f"base {base_ref.fingerprint}"))
-        base_cases = {n: scorer.cases(spec.nodes[n].spec.eval) for n in order}
+        base_cases = {n: scorer.cases(_scored_cases(spec, n)) for n in order}
         base_text = scorer.text(lines)
         base_answers = scorer.replies(prompt_chats, PROMPT_NEW_TOKENS)
         base_samples = scorer.replies(sample_chats, settings.max_new_tokens)
+        base_tests = answer_tests(tests, scorer.replies)
         scorer.memo.save()
 
     alone_cases: dict[str, list] = {}
@@ -506,7 +534,7 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
             applied = [(vectors[d], 1.0) for d in deps] + [(vectors[n], weight)]
             recipe = [[by_id[d].vector_sha256, 1.0] for d in deps] + [[by_id[n].vector_sha256, weight]]
             memo = ScoreMemo(memo_dir, f"alone {base_ref.fingerprint} {_canonical(recipe)}")
-            cases = spec.nodes[n].spec.eval
+            cases = _scored_cases(spec, n)
             if memo.has_all("case", [_case_item(c) for c in cases]):
                 alone_cases[n] = ModelScorer(None, None, memo).cases(cases)
                 continue
@@ -521,10 +549,11 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
 
     with clock.phase("score linked"):
         scorer = ModelScorer(model, tokenizer)
-        linked_cases = {n: scorer.cases(spec.nodes[n].spec.eval) for n in order}
+        linked_cases = {n: scorer.cases(_scored_cases(spec, n)) for n in order}
         linked_text = scorer.text(lines)
         linked_answers = scorer.replies(prompt_chats, PROMPT_NEW_TOKENS)
         linked_samples = scorer.replies(sample_chats, settings.max_new_tokens)
+        linked_tests = answer_tests(tests, scorer.replies)
     del model, scorer
 
     with clock.phase("interference"):
@@ -542,7 +571,7 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
             i += 1
     traces = _training_traces(vectors, notes)
     nodes = [
-        node_result(spec, n, by_id[n].weight, base_cases[n], alone_cases[n], linked_cases[n], samples_of[n], traces[n])
+        _with_ood(spec, n, by_id[n].weight, base_cases[n], alone_cases[n], linked_cases[n], samples_of[n], traces[n])
         for n in order
     ]
     text_path = general_text_file(spec)
@@ -555,11 +584,14 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
             for p, b, li in zip(prompts, base_answers, linked_answers)
         ],
     )
-    gates = check_gates(settings, nodes, retention)
+    test_report = BehaviourTestReport(base=base_tests, built=linked_tests)
+    gates = check_gates(settings, nodes, retention) + [
+        Gate(name=g.name, passed=g.passed, message=g.message) for g in test_report.gates(settings)
+    ]
     return EvalReport(
         traitgraph_version=__version__, personality=spec.personality.name, base=lock.base.reference,
         checkpoint=str(plan.out.checkpoint), settings=settings, inputs=inputs, graph=_graph_picture(spec),
-        nodes=nodes, retention=retention, interference=interference, gates=gates,
+        nodes=nodes, retention=retention, interference=interference, tests=test_report, gates=gates,
         passed=all(g.passed for g in gates), seconds=clock.seconds, timings=clock.timings, notes=notes,
     )
 

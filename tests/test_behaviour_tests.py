@@ -1,0 +1,179 @@
+"""Behaviour tests end to end on the pico model: greedy generation, `traitgraph test`, the build's gate.
+
+One real build (train, link, eval through doit) of a pico personality whose
+node has one expectation any reply meets and one no reply of the pico model
+can meet, shared by the module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import pirate_node, write_tiny_specs
+
+from traitgraph.cli import main
+from traitgraph.compiler.base_model import ResolvedBase, load_model
+from traitgraph.evaluate.behaviour_tests import GENERAL, collect_tests, select
+from traitgraph.evaluate.report import REPORT_JSON, REPORT_MD, read_report
+from traitgraph.evaluate.scores import generate, prompt_ids, stop_ids
+from traitgraph.graph import load_specs
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: Met by any reply the pico model gives in 8 tokens.
+EASY = {"max_words": 400}
+#: Met by no reply of the pico model (its tokenizer has never seen the word).
+IMPOSSIBLE = {"contains_all": ["xylophone"]}
+
+
+def greedy_one_at_a_time(model, tokenizer, chat, max_new_tokens: int) -> str:
+    """An independent greedy decoder: one prompt, full forward each step, argmax, stop at end of turn."""
+    ids = list(prompt_ids(tokenizer, chat))
+    stops = set(stop_ids(tokenizer))
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=torch.tensor([ids + new])).logits[0, -1]
+            token = int(torch.argmax(logits))
+            if token in stops:
+                break
+            new.append(token)
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_batched_left_padded_generation_equals_an_independent_greedy_loop(tiny_base_dir):
+    model, tok = load_model(ResolvedBase(reference="pico", path=tiny_base_dir, fingerprint=""))
+    torch.manual_seed(1)
+    with torch.no_grad():  # sharper random weights: the untrained pico model ends its turn at once
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)
+    chats = [
+        [{"role": "user", "content": "hello"}],
+        [{"role": "user", "content": "what is the sea and where is the ship of the captain today?"}],
+        [{"role": "user", "content": "help me"}, {"role": "assistant", "content": "yes"},
+         {"role": "user", "content": "say a word"}],
+    ]
+    batched = generate(model, tok, chats, max_new_tokens=12, batch_size=3)
+    assert batched == [greedy_one_at_a_time(model, tok, c, 12) for c in chats]
+    assert all(batched) and len(set(batched)) == 3  # a real, different reply each
+
+
+def _project(root: Path, base: Path, **eval_settings) -> Path:
+    node = pirate_node()
+    node["eval"][0]["expect"] = EASY
+    node["eval"][1]["expect"] = IMPOSSIBLE
+    node["ood"] = [{"messages": [{"role": "user", "content": "look at the water"},
+                                 {"role": "assistant", "content": "arr"},
+                                 {"role": "user", "content": "and now the sky"}],
+                    "response": "arr the sky matey", "rejected": "It is blue.", "expect": EASY}]
+    specs = write_tiny_specs(root, base, {"pirate": node},
+                             {"learning_rate": 1e-3, "steps": 8, "batch_size": 4, "seed": 0})
+    doc = yaml.safe_load((specs / "personality.yaml").read_text())
+    doc["eval"] = {"max_new_tokens": 8, "max_retention_loss_pct": 1000.0, "min_behaviour_gain": -1000.0,
+                   **eval_settings}
+    (specs / "personality.yaml").write_text(yaml.safe_dump(doc))
+    return specs
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_base_dir):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRAITGRAPH_EVAL_THREADS", "1")
+    root = tmp_path_factory.mktemp("tests-build")
+    specs = _project(root, tiny_base_dir)
+    out = root / "out"
+    assert main(["build", str(specs), "-o", str(out)]) == 0
+    yield specs, out
+    mp.undo()
+
+
+def test_collect_names_node_cases_and_general_prompts(built):
+    specs, _ = built
+    tests = collect_tests(load_specs(specs), [{"prompt": "Capital of France?", "answer": "Paris"}],
+                          node_budget=8, prompt_budget=24)
+    assert [t.id for t in tests] == ["pirate::eval[0]", "pirate::eval[1]", "pirate::ood[0]", f"{GENERAL}::1"]
+    assert tests[2].prompt == "and now the sky" and len(tests[2].chat) == 3
+    assert tests[3].expect.contains_any == ("Paris",) and tests[3].max_new_tokens == 24
+    assert [t.id for t in select(tests, "::OOD")] == ["pirate::ood[0]"]
+    assert [t.id for t in select(tests, "france")] == [f"{GENERAL}::1"]  # the prompt matches too
+
+
+def _traitgraph(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRAITGRAPH_EVAL_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "traitgraph", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_traitgraph_test_exit_codes(built, tmp_path):
+    specs, out = built
+    ok = _traitgraph("test", str(specs), "-o", str(out), "-k", "eval[0]")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.rstrip().splitlines()[-1].startswith("1 passed, 0 failed in ")
+
+    failing = _traitgraph("test", str(specs), "-o", str(out), "--no-general")
+    assert failing.returncode == 1, failing.stderr
+    lines = failing.stdout.rstrip().splitlines()
+    (failed,) = [line for line in lines if line.startswith("FAILED")]
+    assert failed.startswith('FAILED pirate::eval[1] "what do you want" -> "')
+    assert failed.endswith('": does not say "xylophone"')
+    assert "  pirate  2/3" in lines and lines[-1].startswith("2 passed, 1 failed in ")
+
+    nothing = _traitgraph("test", str(specs), "-o", str(tmp_path / "never-built"))
+    assert nothing.returncode == 2
+    assert "nothing to test" in nothing.stderr and "build first" in nothing.stderr
+    assert "Traceback" not in nothing.stderr
+    assert not (tmp_path / "never-built").exists()
+
+    no_match = _traitgraph("test", str(specs), "-o", str(out), "-k", "no-such-test")
+    assert no_match.returncode == 2 and "no test matches -k 'no-such-test'" in no_match.stderr
+
+
+def test_traitgraph_test_base_tests_the_base_model(built, capsys):
+    specs, _ = built
+    # The base is not built: --base needs no build output at all.
+    code = main(["test", str(specs), "-o", str(specs.parent / "nowhere"), "--base", "-k", "pirate::"])
+    printed = capsys.readouterr().out
+    assert code == 1 and "(base)" in printed.splitlines()[0]
+    assert printed.rstrip().splitlines()[-1].startswith("2 passed, 1 failed")
+
+
+def test_build_report_carries_every_case_base_and_built(built):
+    specs, out = built
+    report = read_report(out / REPORT_JSON)
+    assert report.passed  # no floor set: the tests are reported, not gated
+    ids = [f"{r.group}::{r.case}" for r in report.tests.built]
+    assert ids[:3] == ["pirate::eval[0]", "pirate::eval[1]", "pirate::ood[0]"]
+    assert len(ids) == 3 + 30 and [f"{r.group}::{r.case}" for r in report.tests.base] == ids
+    (impossible,) = [r for r in report.tests.built if r.case == "eval[1]"]
+    assert impossible.failures == ['does not say "xylophone"'] and impossible.prompt == "what do you want"
+    general_built = [r.passed for r in report.tests.built if r.group == GENERAL]
+    assert general_built == [p.built_ok for p in report.retention.prompts]  # the same rule as retention
+    md = (out / REPORT_MD).read_text()
+    assert "## Behaviour tests" in md and "| pirate | 3 |" in md and "figures/tests.png" in md
+    assert "## Out-of-distribution cases" in md
+    assert (out / report.figures["tests"]).read_bytes().startswith(PNG_MAGIC)
+    ood = report.nodes[0].ood
+    assert ood is not None and ood.n_cases == 1 and ood.measure == "margin"
+    assert report.nodes[0].n_cases == 2  # eval cases only, ood kept apart
+
+
+def test_a_failing_expectation_fails_the_gate_naming_node_and_case(built, tmp_path, tiny_base_dir, capsys):
+    _, out = built
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    strict = _project(tmp_path, tiny_base_dir, min_test_pass_rate=0.0, node_test_pass_rate={"pirate": 1.0})
+    capsys.readouterr()
+    assert main(["eval", str(strict), "-o", str(copy), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert ("node 'pirate' behaviour tests: 2/3 passed (67%) < 100%; failing: eval[1] (does not say \"xylophone\")"
+            in err)
+    report = read_report(copy / REPORT_JSON)
+    assert not report.passed and [g.name for g in report.failures()] == ["tests:pirate"]

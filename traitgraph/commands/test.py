@@ -1,0 +1,92 @@
+"""Run the behaviour tests: check what the built model says against each case's `expect:`.
+
+    traitgraph test                       # specs/ against out/checkpoint
+    traitgraph test specs -o out -k voice # only tests whose id or prompt contains "voice"
+    traitgraph test --base                # the base model instead: which tests it already passes
+
+Each eval and ood case with `expect:` is a test (NODE::eval[i], NODE::ood[i]),
+and so is each shipped general prompt (@general::N, its answer expected in the
+reply). Replies are greedy, with the chat template, at most `eval.max_new_tokens`
+tokens (24 for the general prompts). Prints one line per failing test and
+`N passed, M failed` last. Exit status: 0 all passed, 1 some failed, 2 a user
+error (nothing built yet, bad specs, no test selected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("specs_dir", nargs="?", default="specs", help="specs directory (default: specs)")
+    parser.add_argument("-o", "--out", default="out", help="output directory of the build (default: out)")
+    parser.add_argument("-k", dest="pattern", default=None,
+                        help="only tests whose id (NODE::eval[i]) or prompt contains PATTERN, case-insensitively")
+    parser.add_argument("--base", action="store_true", help="test the personality's base model instead of the build")
+    parser.add_argument("--no-general", action="store_true", help="leave out the general-prompt tests")
+
+
+def _model_ref(spec, out: Path, base: bool):
+    from traitgraph.compiler.base_model import ResolvedBase, resolve_base
+    from traitgraph.errors import UserError
+
+    if base:
+        return resolve_base(spec.personality.base, spec.specs_dir)
+    checkpoint = out / "checkpoint"
+    if not (checkpoint / "config.json").is_file():
+        raise UserError(f"nothing to test: {checkpoint} does not exist; build first (`traitgraph build "
+                        f"{spec.specs_dir} -o {out}`), or pass --base to test the base model")
+    return ResolvedBase(reference=str(checkpoint), path=checkpoint, fingerprint="")
+
+
+def _collect(args: argparse.Namespace, spec):
+    from traitgraph.errors import UserError
+    from traitgraph.evaluate.behaviour_tests import collect_tests, select
+    from traitgraph.evaluate.run import PROMPT_NEW_TOKENS, general_prompts
+
+    every = collect_tests(spec, general_prompts(), node_budget=spec.personality.eval.max_new_tokens,
+                          prompt_budget=PROMPT_NEW_TOKENS, general=not args.no_general)
+    tests = select(every, args.pattern)
+    if not tests:
+        why = f"no test matches -k {args.pattern!r}" if args.pattern else "no eval or ood case has `expect:`"
+        raise UserError(f"{why} ({len(every)} tests in {spec.specs_dir})")
+    return tests
+
+
+def run(args: argparse.Namespace) -> int:
+    from traitgraph.graph import load_specs
+
+    spec = load_specs(args.specs_dir)
+    ref = _model_ref(spec, Path(args.out), args.base)
+    tests = _collect(args, spec)
+
+    import torch
+
+    from traitgraph.compiler.base_model import load_model
+    from traitgraph.evaluate.behaviour_tests import check_tests, reply_all
+    from traitgraph.evaluate.scores import generate
+
+    torch.set_num_threads(int(os.environ.get("TRAITGRAPH_EVAL_THREADS") or os.cpu_count() or 1))
+    start = time.perf_counter()
+    model, tokenizer = load_model(ref)
+    print(f"{len(tests)} behaviour tests on {ref.path}{' (base)' if args.base else ''}", flush=True)
+    replies = reply_all(tests, lambda chats, budget: generate(model, tokenizer, chats, max_new_tokens=budget))
+    results = check_tests(tests, replies)
+    print(render_results(results, time.perf_counter() - start))
+    return 0 if all(r.passed for r in results) else 1
+
+
+def render_results(results, seconds: float) -> str:
+    """Failing tests one per line, a pass rate per node, then ``N passed, M failed in S s``."""
+    from traitgraph.evaluate.behaviour_tests import failure_line, group_label, pass_rates, summary_line
+
+    lines = [failure_line(r) for r in results if not r.passed]
+    rates = pass_rates(results)
+    width = max(len(group_label(g)) for g in rates)
+    lines += ["", "pass rate per node:"]
+    lines += [f"  {group_label(g):<{width}}  {p}/{t}" for g, (p, t) in rates.items()]
+    lines.append(f"{summary_line(results)} in {seconds:.1f}s")
+    return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""The report's behaviour-test and out-of-distribution sections, and their figure.
+
+Drawn from an :class:`~traitgraph.evaluate.report.EvalReport` alone (so
+``traitgraph report`` redraws them from ``report.json``):
+
+* a table per node: tests, base pass rate → built pass rate, and every
+  failing reply of the built model with the checks it failed;
+* the node margins on their ``ood`` cases, base → alone → linked;
+* ``figures/tests.png``: pass rate per node, base beside built.
+
+>>> "\\n".join(tests_section(report))      # doctest: +SKIP
+'## Behaviour tests ...'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from traitgraph.evaluate.behaviour_tests import group_label
+
+
+def _rate(passed: int, total: int) -> str:
+    return "–" if total == 0 else f"{passed}/{total} ({passed / total:.0%})"
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("|", "\\|") or "*(empty)*"
+
+
+def tests_table(report) -> str:
+    """``| node | tests | base | built | failing (built) |``, one row per node and the general prompts."""
+    tests = report.tests
+    rows = ["| node | tests | base | built | failing (built) |", "|---|---:|---:|---:|---|"]
+    for group, base, built in tests.rows():
+        failing = [r.case for r in tests.built if r.group == group and not r.passed]
+        rows.append(
+            f"| {group_label(group)} | {built[1]} | {_rate(*base)} | **{_rate(*built)}** | {', '.join(failing) or '–'} |"
+        )
+    passed_base = sum(r.passed for r in tests.base)
+    passed_built = sum(r.passed for r in tests.built)
+    rows.append(f"| all | {len(tests.built)} | {_rate(passed_base, len(tests.base))} "
+                f"| **{_rate(passed_built, len(tests.built))}** | |")
+    return "\n".join(rows)
+
+
+def failing_table(report) -> list[str]:
+    """Every failing test of the built model: its prompt, the reply and the failed checks."""
+    failed = [r for r in report.tests.built if not r.passed]
+    if not failed:
+        return ["Every behaviour test passed.", ""]
+    rows = ["| test | prompt | built reply | failed checks |", "|---|---|---|---|"]
+    rows += [f"| {_cell(group_label(r.group))}::{r.case} | {_cell(r.prompt)} | {_cell(r.reply, 300)} "
+             f"| {_cell('; '.join(r.failures), 300)} |" for r in failed]
+    return ["Failing replies of the built model:", "", *rows, ""]
+
+
+def ood_table(report) -> str:
+    """The nodes' scores on their ``ood`` cases (same measure as the behaviour table)."""
+    rows = ["| node | cases | measure | base | alone | linked | directed gain alone | directed gain linked | verdict |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    for n in report.nodes:
+        o = n.ood
+        if o is None or o.base is None or o.alone is None or o.linked is None:
+            continue
+        key = "margin" if o.measure == "margin" else "logprob"
+        rows.append(
+            f"| {n.id} | {o.n_cases} | {o.measure} | {getattr(o.base, key):+.2f} | {getattr(o.alone, key):+.2f} "
+            f"| {getattr(o.linked, key):+.2f} | {o.directed_gain_alone:+.2f} | **{o.directed_gain_linked:+.2f}** "
+            f"| {o.verdict} |"
+        )
+    return "\n".join(rows)
+
+
+def tests_section(report) -> list[str]:
+    """Markdown lines of the behaviour-test and out-of-distribution sections (none without data)."""
+    out: list[str] = []
+    if report.tests is not None and report.tests.built:
+        s = report.settings
+        out += [
+            "## Behaviour tests",
+            "",
+            "What the model *says*: the greedy reply to each eval and ood case with `expect:` (at most "
+            f"{s.max_new_tokens} new tokens) and to each general prompt (its answer expected in the reply), "
+            f"checked under the base and the built checkpoint. Gate: pass rate ≥ {s.min_test_pass_rate:.0%} "
+            "overall and per node (0% is off)"
+            + (f"; per node: {', '.join(f'{k} {v:.0%}' for k, v in sorted(s.node_test_pass_rate.items()))}"
+               if s.node_test_pass_rate else "") + ".",
+            "",
+            tests_table(report),
+            "",
+        ]
+        if "tests" in report.figures:
+            out += [f"![behaviour tests]({report.figures['tests']})", ""]
+        out += failing_table(report)
+    if any(n.ood is not None for n in report.nodes):
+        out += [
+            "## Out-of-distribution cases",
+            "",
+            "Each node's `ood` cases (topics and phrasings unlike its examples and eval cases), scored "
+            "like the behaviour table above.",
+            "",
+            ood_table(report),
+            "",
+        ]
+    return out
+
+
+def plot_test_pass_rates(report, png: Path) -> Path | None:
+    """Pass rate per node (and the general prompts), base beside built, as a bar chart."""
+    if report.tests is None or not report.tests.built:
+        return None
+    from traitgraph.evaluate.plots import GREY, _pyplot, _save
+    from traitgraph.graph.draw import POSITIVE
+
+    rows = report.tests.rows()
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
+    width = 0.38
+    for i, (_, base, built) in enumerate(rows):
+        for x, (passed, total), colour in ((i - width / 2, base, GREY), (i + width / 2, built, POSITIVE)):
+            value = 100 * passed / total if total else 0.0
+            ax.bar(x, value, width, color=colour)
+            ax.annotate(f"{passed}/{total}", (x, value), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, 2), textcoords="offset points")
+    floor = report.settings.min_test_pass_rate
+    if floor > 0:
+        ax.axhline(100 * floor, color="black", ls=":", lw=1.2, label=f"gate {floor:.0%}")
+    ax.bar([], [], color=GREY, label="base")
+    ax.bar([], [], color=POSITIVE, label="built")
+    ax.set_xticks(range(len(rows)), [group_label(g) for g, _, _ in rows], rotation=20, ha="right")
+    ax.set_ylim(0, 115)
+    ax.set_ylabel("tests passed (%)")
+    ax.set_title("Behaviour tests passed per node: base vs built")
+    ax.legend(fontsize=8, frameon=False, loc="upper right", ncol=3)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, png)
