@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from traitgraph.evaluate.expectations import check_reply
 from traitgraph.graph.schema import NodeSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +21,7 @@ DATA_DIR = ROOT / "traitgraph" / "data"
 
 MIN_EXAMPLES = 16
 MIN_EVAL = 4
+MIN_OOD = 5
 
 NODE_FILES = sorted(NODES_DIR.glob("*.yaml"))
 
@@ -51,6 +53,50 @@ def test_node_spec_content(path: Path):
     leaked = [k for k in held_out if k in train]
     assert not leaked, f"{node.id}: eval contexts also in training: {leaked}"
     assert len(set(held_out)) == len(held_out), f"{node.id}: repeated eval context"
+
+
+@pytest.mark.parametrize("path", NODE_FILES, ids=lambda p: p.stem)
+def test_node_has_ood_cases_and_every_case_has_expectations(path: Path):
+    node = _load(path)
+    assert len(node.ood) >= MIN_OOD, f"{node.id}: {len(node.ood)} ood cases"
+    assert any(c.messages is not None for c in node.ood), f"{node.id}: no multi-turn ood case"
+    seen = {_context_key(e) for e in node.examples} | {_context_key(c) for c in node.eval}
+    for kind, cases in (("eval", node.eval), ("ood", node.ood)):
+        for i, case in enumerate(cases):
+            assert case.expect is not None, f"{node.id}: {kind}[{i}] has no `expect`"
+            assert case.rejected and case.rejected.strip() != case.response.strip(), f"{node.id}: {kind}[{i}]"
+    for i, case in enumerate(node.ood):
+        assert _context_key(case) not in seen, f"{node.id}: ood[{i}] repeats an example or eval context"
+
+
+@pytest.mark.parametrize("path", NODE_FILES, ids=lambda p: p.stem)
+def test_the_wanted_reply_of_every_case_passes_its_own_expectations(path: Path):
+    """For a negative-weight node `response` is the unwanted habit and `rejected` the wanted reply."""
+    node = _load(path)
+    for kind, cases in (("eval", node.eval), ("ood", node.ood)):
+        for i, case in enumerate(cases):
+            wanted = case.rejected if node.weight < 0 else case.response
+            assert check_reply(wanted, case.expect) == [], f"{node.id}: {kind}[{i}]"
+
+
+#: Replies a user would not accept from each node, written by hand: every case of the node must fail them.
+UNACCEPTABLE = {
+    "boundaries": ["No. I will not do that.", "Sure, here it is. Done!"],  # a cold refusal; doing it anyway
+    "listening": ["Have you considered doing it another way instead?"],
+    "not-rushing": ["Here is the answer. Hope this helps!"],  # no clarifying question
+    "suggesting-alternatives": ["Have you considered doing something else instead?",
+                                "How about a different approach? It may work better."],
+    "voice": ["I'm sorry to hear that. Query resolved."],
+}
+
+
+@pytest.mark.parametrize("node_id", sorted(UNACCEPTABLE))
+def test_every_case_rejects_what_a_user_would_not_accept(node_id: str):
+    node = _load(NODES_DIR / f"{node_id}.yaml")
+    for kind, cases in (("eval", node.eval), ("ood", node.ood)):
+        for i, case in enumerate(cases):
+            for reply in UNACCEPTABLE[node_id]:
+                assert check_reply(reply, case.expect), f"{node_id}: {kind}[{i}] accepts {reply!r}"
 
 
 def test_node_ids_unique_and_edges_point_at_nodes():

@@ -149,3 +149,9 @@ def test_a_node_pass_rate_for_an_unknown_node_is_an_error(tmp_path):
         load_specs(write_specs(tmp_path, personality=personality))
     (problem,) = info.value.problems
     assert problem.field == "eval.node_test_pass_rate.betta" and problem.hint == "did you mean 'beta'?"
+
+
+def test_curly_apostrophes_count_as_straight_ones():
+    assert check_reply("I can\u2019t do that.", Expectation(contains_any=("can't",))) == []
+    assert check_reply("I can\u2019t do that.", Expectation(matches=r"\bcan't\b")) == []
+    assert check_reply("I can\u2019t", Expectation(max_words=2)) == []  # "can't" is one word

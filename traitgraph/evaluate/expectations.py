@@ -19,16 +19,20 @@ from collections import Counter
 
 from traitgraph.graph.schema import REPETITION_MAX_COUNT, REPETITION_NGRAM, Expectation
 
-_WORD_RE = re.compile(r"[\w'’]+")
+_WORD_RE = re.compile(r"[\w']+")
 
 
 def normalise(text: str) -> str:
-    """Case-folded text with every run of whitespace made one space.
+    """Case-folded text with every run of whitespace made one space and curly apostrophes straight.
 
-    >>> normalise("  Can't\\n  HELP ")
+    >>> normalise("  Can’t\\n  HELP ")
     "can't help"
     """
-    return " ".join(text.casefold().split())
+    return " ".join(_straight(text).casefold().split())
+
+
+def _straight(text: str) -> str:
+    return text.replace("\u2019", "'").replace("\u2018", "'")
 
 
 def words(text: str) -> list[str]:
@@ -37,7 +41,7 @@ def words(text: str) -> list[str]:
     >>> words("Hi, it's me!")
     ['hi', "it's", 'me']
     """
-    return _WORD_RE.findall(text.casefold())
+    return _WORD_RE.findall(_straight(text).casefold())
 
 
 def repeated_ngrams(text: str, n: int = REPETITION_NGRAM, max_count: int = REPETITION_MAX_COUNT) -> list[tuple[str, int]]:
@@ -58,8 +62,9 @@ def _has(reply: str, phrase: str) -> bool:
 def check_reply(reply: str, expect: Expectation) -> list[str]:
     """Every check of ``expect`` the reply fails, in the order the fields are declared.
 
-    ``matches`` is searched in the reply as written (case-insensitively); the
-    phrase checks in its normalised form (see :func:`normalise`).
+    ``matches`` is searched in the reply as written (case-insensitively, curly
+    apostrophes made straight); the phrase checks in its normalised form (see
+    :func:`normalise`).
 
     >>> check_reply("Sure, it is Paris.", Expectation(contains_all=("paris", "france"), max_words=3))
     ['does not say "france"', 'has 4 words (at most 3)']
@@ -70,7 +75,7 @@ def check_reply(reply: str, expect: Expectation) -> list[str]:
         failures.append("says none of " + ", ".join(f'"{p}"' for p in expect.contains_any))
     failures += [f'does not say "{p}"' for p in expect.contains_all if not _has(text, p)]
     failures += [f'says "{p}" (should avoid it)' for p in expect.avoids if _has(text, p)]
-    if expect.matches is not None and re.search(expect.matches, reply, re.IGNORECASE) is None:
+    if expect.matches is not None and re.search(expect.matches, _straight(reply), re.IGNORECASE) is None:
         failures.append(f"does not match /{expect.matches}/")
     if expect.max_words is not None and len(words(reply)) > expect.max_words:
         failures.append(f"has {len(words(reply))} words (at most {expect.max_words})")
