@@ -177,3 +177,23 @@ def test_a_failing_expectation_fails_the_gate_naming_node_and_case(built, tmp_pa
             in err)
     report = read_report(copy / REPORT_JSON)
     assert not report.passed and [g.name for g in report.failures()] == ["tests:pirate"]
+
+
+def test_editing_expect_or_ood_reruns_eval_only(built, tmp_path):
+    from traitgraph.builder.plan import BuildPlan
+    from traitgraph.evaluate.run import report_is_current
+
+    specs, out = built
+    copy = tmp_path / "specs"
+    shutil.copytree(specs, copy)
+    assert report_is_current(BuildPlan.load(copy, out))
+    node_file = copy / "nodes" / "pirate.yaml"
+    for edit in (lambda d: d["eval"][0]["expect"].update(max_words=3),
+                 lambda d: d["ood"][0].update(response="arr the sky is blue")):
+        shutil.copy(specs / "nodes" / "pirate.yaml", node_file)
+        doc = yaml.safe_load(node_file.read_text())
+        edit(doc)
+        node_file.write_text(yaml.safe_dump(doc))
+        plan = BuildPlan.load(copy, out)
+        assert plan.link_is_current()  # no training, no link
+        assert not report_is_current(plan)  # the eval runs again
