@@ -124,7 +124,9 @@ def test_traitgraph_test_exit_codes(built, tmp_path):
     (failed,) = [line for line in lines if line.startswith("FAILED")]
     assert failed.startswith('FAILED pirate::eval[1] "what do you want" -> "')
     assert failed.endswith('": does not say "xylophone"')
-    assert "  pirate  2/3" in lines and lines[-1].startswith("2 passed, 1 failed in ")
+    # The build's eval remembered the base's replies: its pass rate is shown beside the build's.
+    assert "pass rate per node:  (base -> built)" in lines and "  pirate  2/3 -> 2/3" in lines
+    assert lines[-2] == "base: 2 passed, 1 failed" and lines[-1].startswith("2 passed, 1 failed in ")
 
     nothing = _traitgraph("test", str(specs), "-o", str(tmp_path / "never-built"))
     assert nothing.returncode == 2

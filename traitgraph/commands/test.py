@@ -7,8 +7,9 @@
 Each eval and ood case with `expect:` is a test (NODE::eval[i], NODE::ood[i]),
 and so is each shipped general prompt (@general::N, its answer expected in the
 reply). Replies are greedy, with the chat template, at most `eval.max_new_tokens`
-tokens (24 for the general prompts). Prints one line per failing test and
-`N passed, M failed` last. Exit status: 0 all passed, 1 some failed, 2 a user
+tokens (24 for the general prompts). Prints one line per failing test, the pass
+rate per node (base -> built when the build's eval or an earlier `--base` run
+remembered the base's replies) and `N passed, M failed` last. Exit status: 0 all passed, 1 some failed, 2 a user
 error (nothing built yet, bad specs, no test selected).
 """
 
@@ -67,26 +68,63 @@ def run(args: argparse.Namespace) -> int:
 
     from traitgraph.compiler.base_model import load_model
     from traitgraph.evaluate.behaviour_tests import check_tests, reply_all
+    from traitgraph.evaluate.run import ModelScorer
     from traitgraph.evaluate.scores import generate
 
     torch.set_num_threads(int(os.environ.get("TRAITGRAPH_EVAL_THREADS") or os.cpu_count() or 1))
     start = time.perf_counter()
     model, tokenizer = load_model(ref)
     print(f"{len(tests)} behaviour tests on {ref.path}{' (base)' if args.base else ''}", flush=True)
-    replies = reply_all(tests, lambda chats, budget: generate(model, tokenizer, chats, max_new_tokens=budget))
+    if args.base:  # remembered, so later runs on the build can show the base's pass rate beside theirs
+        memo = _base_memo(spec)
+        replies = reply_all(tests, ModelScorer(model, tokenizer, memo).replies)
+        memo.save()
+    else:
+        replies = reply_all(tests, lambda chats, budget: generate(model, tokenizer, chats, max_new_tokens=budget))
     results = check_tests(tests, replies)
-    print(render_results(results, time.perf_counter() - start))
+    base = None if args.base else _remembered_base_results(spec, tests)
+    print(render_results(results, time.perf_counter() - start, base))
     return 0 if all(r.passed for r in results) else 1
 
 
-def render_results(results, seconds: float) -> str:
-    """Failing tests one per line, a pass rate per node, then ``N passed, M failed in S s``."""
+def _base_memo(spec):
+    """The evaluation's remembered base scores (``<cache>/eval``), keyed like the ``eval`` task's."""
+    from traitgraph.compiler.base_model import default_cache_dir, resolve_base
+    from traitgraph.evaluate.run import ScoreMemo
+
+    base = resolve_base(spec.personality.base, spec.specs_dir)
+    return ScoreMemo(default_cache_dir() / "eval", f"base {base.fingerprint}")
+
+
+def _remembered_base_results(spec, tests):
+    """The base's results on ``tests`` when a build's eval (or `--base`) remembered every reply; else None."""
+    from traitgraph.errors import UserError
+    from traitgraph.evaluate.behaviour_tests import check_tests
+
+    try:
+        memo = _base_memo(spec)
+    except UserError:
+        return None
+    items = [[t.messages(), t.max_new_tokens] for t in tests]
+    if not memo.has_all("reply", items):
+        return None
+    return check_tests(tests, memo.lookup("reply", items, lambda missing: []))
+
+
+def render_results(results, seconds: float, base=None) -> str:
+    """Failing tests one per line, a pass rate per node (the base's beside it when known),
+    then ``N passed, M failed in S s``."""
     from traitgraph.evaluate.behaviour_tests import failure_line, group_label, pass_rates, summary_line
 
     lines = [failure_line(r) for r in results if not r.passed]
     rates = pass_rates(results)
+    base_rates = pass_rates(base) if base is not None else {}
     width = max(len(group_label(g)) for g in rates)
-    lines += ["", "pass rate per node:"]
-    lines += [f"  {group_label(g):<{width}}  {p}/{t}" for g, (p, t) in rates.items()]
+    lines += ["", "pass rate per node:" + ("  (base -> built)" if base_rates else "")]
+    for g, (p, t) in rates.items():
+        before = f"{base_rates[g][0]}/{t} -> " if g in base_rates else ""
+        lines.append(f"  {group_label(g):<{width}}  {before}{p}/{t}")
+    if base is not None:
+        lines.append(f"base: {summary_line(base)}")
     lines.append(f"{summary_line(results)} in {seconds:.1f}s")
     return "\n".join(lines)

@@ -327,7 +327,9 @@ class EvalSettings(Strict):
         default=0.0,
         description="Fail when a node's preference margin moves by less than this in its intended direction.",
     )
-    max_new_tokens: int = Field(default=48, gt=0, description="Tokens per sample generation in the report.")
+    max_new_tokens: int = Field(
+        default=48, gt=0, description="Most new tokens per greedy reply: the report's samples and the behaviour tests."
+    )
     general_text: str | None = Field(
         default=None, description="Path (relative to the specs dir) of a general text file; default: shipped set."
     )
