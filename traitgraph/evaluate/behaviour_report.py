@@ -51,10 +51,14 @@ def failing_table(report) -> list[str]:
     failed = [r for r in report.tests.built if not r.passed]
     if not failed:
         return ["Every behaviour test passed.", ""]
-    rows = ["| test | prompt | built reply | failed checks |", "|---|---|---|---|"]
-    rows += [f"| {_cell(group_label(r.group))}::{r.case} | {_cell(r.prompt)} | {_cell(r.reply, 300)} "
-             f"| {_cell('; '.join(r.failures), 300)} |" for r in failed]
-    return ["Failing replies of the built model:", "", *rows, ""]
+    base = {r.id: r.passed for r in report.tests.base}
+    rows = ["| test | prompt | built reply | failed checks | base |", "|---|---|---|---|---|"]
+    rows += [f"| {_cell(r.id)} | {_cell(r.prompt)} | {_cell(r.reply, 300)} | {_cell('; '.join(r.failures), 300)} "
+             f"| {_BASE.get(base.get(r.id), '–')} |" for r in failed]
+    return ["Failing replies of the built model (*base*: whether the base passed the same test):", "", *rows, ""]
+
+
+_BASE = {True: "passed", False: "failed too"}
 
 
 def ood_table(report) -> str:
@@ -117,6 +121,8 @@ def plot_test_pass_rates(report, png: Path) -> Path | None:
 
     rows = report.tests.rows()
     plt = _pyplot()
+    from matplotlib.patches import Patch
+
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
     width = 0.38
     for i, (_, base, built) in enumerate(rows):
@@ -125,15 +131,14 @@ def plot_test_pass_rates(report, png: Path) -> Path | None:
             ax.bar(x, value, width, color=colour)
             ax.annotate(f"{passed}/{total}", (x, value), ha="center", va="bottom", fontsize=7,
                         xytext=(0, 2), textcoords="offset points")
+    handles = [Patch(color=GREY, label="base"), Patch(color=POSITIVE, label="built")]
     floor = report.settings.min_test_pass_rate
     if floor > 0:
-        ax.axhline(100 * floor, color="black", ls=":", lw=1.2, label=f"gate {floor:.0%}")
-    ax.bar([], [], color=GREY, label="base")
-    ax.bar([], [], color=POSITIVE, label="built")
+        handles.append(ax.axhline(100 * floor, color="black", ls=":", lw=1.2, label=f"gate {floor:.0%}"))
     ax.set_xticks(range(len(rows)), [group_label(g) for g, _, _ in rows], rotation=20, ha="right")
     ax.set_ylim(0, 115)
     ax.set_ylabel("tests passed (%)")
     ax.set_title("Behaviour tests passed per node: base vs built")
-    ax.legend(fontsize=8, frameon=False, loc="upper right", ncol=3)
+    ax.legend(handles=handles, fontsize=8, frameon=False, loc="upper right", ncol=3)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, png)
