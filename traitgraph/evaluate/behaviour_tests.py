@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from traitgraph.evaluate.expectations import check_reply
 from traitgraph.graph.schema import EvalSettings, Expectation
 
+#: Bump when what a test checks changes: reports made before are redone (remembered replies are kept).
+BEHAVIOUR_TESTS_VERSION = 1
 #: The group of the general-prompt tests (not a valid node id, so never a node's name).
 GENERAL = "@general"
 GENERAL_LABEL = "(general prompts)"

@@ -40,7 +40,12 @@ from traitgraph import __version__
 from traitgraph.atomic import sha256_file, write_text_atomic
 from traitgraph.builder.plan import BuildPlan, log_event, remove_outputs
 from traitgraph.errors import BuildError, UserError
-from traitgraph.evaluate.behaviour_tests import BehaviourTestReport, answer_tests, behaviour_tests_of_build
+from traitgraph.evaluate.behaviour_tests import (
+    BEHAVIOUR_TESTS_VERSION,
+    BehaviourTestReport,
+    answer_tests,
+    behaviour_tests_of_build,
+)
 from traitgraph.evaluate.report import (
     FIGURES_DIR,
     REPORT_JSON,
@@ -165,6 +170,7 @@ def eval_inputs(plan: BuildPlan, lock=None) -> dict[str, Any]:
     return {
         "traitgraph_version": __version__,
         "scoring_version": SCORING_VERSION,
+        "behaviour_tests_version": BEHAVIOUR_TESTS_VERSION,
         "base_fingerprint": lock.base.fingerprint,
         "nodes": sorted(
             ([n.id, n.training_hash, n.vector_sha256, n.weight] for n in lock.nodes), key=lambda n: n[0]
