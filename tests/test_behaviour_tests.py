@@ -116,6 +116,7 @@ def test_traitgraph_test_exit_codes(built, tmp_path):
     specs, out = built
     ok = _traitgraph("test", str(specs), "-o", str(out), "-k", "eval[0]")
     assert ok.returncode == 0, ok.stderr
+    assert "note:" not in ok.stdout  # the build is current
     assert ok.stdout.rstrip().splitlines()[-1].startswith("1 passed, 0 failed in ")
 
     failing = _traitgraph("test", str(specs), "-o", str(out), "--no-general")
@@ -199,3 +200,15 @@ def test_editing_expect_or_ood_reruns_eval_only(built, tmp_path):
         plan = BuildPlan.load(copy, out)
         assert plan.link_is_current()  # no training, no link
         assert not report_is_current(plan)  # the eval runs again
+
+
+def test_traitgraph_test_notes_a_build_older_than_the_specs(built, tmp_path, capsys):
+    specs, out = built
+    copy = tmp_path / "specs"
+    shutil.copytree(specs, copy)
+    node_file = copy / "nodes" / "pirate.yaml"
+    doc = yaml.safe_load(node_file.read_text())
+    doc["weight"] = 0.5  # a relink is due
+    node_file.write_text(yaml.safe_dump(doc))
+    assert main(["test", str(copy), "-o", str(out), "-k", "eval[0]", "--no-general"]) == 0
+    assert "note: the specs changed since the last build" in capsys.readouterr().out

@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     spec = load_specs(args.specs_dir)
     ref = _model_ref(spec, Path(args.out), args.base)
     tests = _collect(args, spec)
+    if not args.base and not _build_is_current(args):
+        print("note: the specs changed since the last build; testing the checkpoint as it was built "
+              "(run `traitgraph build` to rebuild)")
 
     import torch
 
@@ -85,6 +88,17 @@ def run(args: argparse.Namespace) -> int:
     base = None if args.base else _remembered_base_results(spec, tests)
     print(render_results(results, time.perf_counter() - start, base))
     return 0 if all(r.passed for r in results) else 1
+
+
+def _build_is_current(args: argparse.Namespace) -> bool:
+    """Whether the last link in OUT used the current specs (trained nodes, weights, merge settings)."""
+    from traitgraph.builder.plan import BuildPlan
+    from traitgraph.errors import UserError
+
+    try:
+        return BuildPlan.load(args.specs_dir, args.out).link_is_current()
+    except UserError:
+        return False
 
 
 def _base_memo(spec):
