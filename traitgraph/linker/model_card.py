@@ -105,7 +105,7 @@ def model_index(name: str, report: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"name": name, "results": [
         {"task": task, "dataset": {"type": "traitgraph-eval-cases", "name": f"{name} held-out eval cases"},
          "metrics": behaviour},
-        {"task": task, "dataset": {"type": "traitgraph-general", "name": "general text and prompts"},
+        {"task": dict(task), "dataset": {"type": "traitgraph-general", "name": "general text and prompts"},
          "metrics": retention},
     ]}]
 
@@ -206,7 +206,7 @@ def render_card(spec, lock, report: dict[str, Any] | None, base: BaseFacts) -> s
     sections = [
         front_matter(spec, lock, report, base),
         f"# {p.name}\n\n{p.description.strip() or 'A personality built with traitgraph.'}\n\n"
-        f"Built with traitgraph from {len(lock.nodes)} behaviour nodes on {base_line}: one task vector per "
+        f"Built with traitgraph from {len(lock.nodes)} behaviour node{'s' if len(lock.nodes) != 1 else ''} on {base_line}: one task vector per "
         f"node, linked with `{lock.merge.method}`.",
         "## Personality graph\n\n" + mermaid_graph(spec),
         "## Behaviours\n\n" + behaviours_table(spec, lock, report),
