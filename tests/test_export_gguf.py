@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from test_export_lora import build  # noqa: F401  (the pico build, one per module)
 from traitgraph.cli import main
 
 TOLERANCE = {"f32": 1e-5, "f16": 1e-2, "q8_0": 5e-2}
@@ -24,18 +25,6 @@ def pico_gguf(tmp_path_factory, tiny_base_dir):
     from gguf_fixture import write_pico_gguf
 
     return write_pico_gguf(tiny_base_dir, tmp_path_factory.mktemp("gguf") / "pico-f32.gguf")
-
-
-@pytest.fixture(scope="module")
-def build(tmp_path_factory, tiny_base_dir):
-    from conftest import pirate_node, write_tiny_specs
-
-    root = tmp_path_factory.mktemp("gguf-build")
-    specs = write_tiny_specs(root, tiny_base_dir, {"pirate": pirate_node()},
-                             {"learning_rate": 1e-3, "steps": 8, "batch_size": 4, "seed": 0})
-    out = root / "out"
-    assert main(["build", str(specs), "-o", str(out), "--", "link"]) == 0
-    return specs, out
 
 
 def _load_gguf(path):

@@ -14,7 +14,7 @@ from traitgraph.cli import main
 def build(tmp_path_factory, tiny_base_dir):
     from conftest import pirate_node, write_tiny_specs
 
-    root = tmp_path_factory.mktemp("lora-build")
+    root = tmp_path_factory.mktemp("pico-build")
     specs = write_tiny_specs(root, tiny_base_dir, {"pirate": pirate_node()},
                              {"learning_rate": 1e-3, "steps": 8, "batch_size": 4, "seed": 0})
     out = root / "out"
