@@ -214,3 +214,21 @@ def test_verify_fails_when_a_locked_vector_was_modified(built, capsys):
 def test_verify_without_a_lock_is_a_user_error(tmp_path, capsys):
     assert main(["verify", str(tmp_path)]) == 2
     assert "lock file not found" in capsys.readouterr().err
+
+
+def test_cache_key_follows_the_training_hashes_only(tmp_path, tiny_specs, capsys):
+    from conftest import pirate_node
+
+    def key(**changes) -> str:
+        specs = tiny_specs(nodes={"pirate": pirate_node(**changes)}, root=tmp_path / str(len(keys)))
+        assert main(["cache", "key", "--specs", str(specs)]) == 0
+        return capsys.readouterr().out.strip()
+
+    keys: list[str] = []
+    keys.append(key())
+    keys.append(key(weight=0.3, description="Another text."))  # link and eval inputs only
+    node = pirate_node()
+    keys.append(key(eval=node["eval"][:1]))
+    keys.append(key(examples=node["examples"][:-1]))  # a training input
+    assert keys[0] == keys[1] == keys[2] != keys[3]
+    assert all(re.fullmatch(r"tv-[0-9a-f]{40}", k) for k in keys)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -40,6 +41,9 @@ def test_scaffolded_files_validate_against_the_published_schema(tmp_path, monkey
     for f in nodes:
         _validate(f, tmp_path / "published" / "node.schema.json")
     assert yaml.safe_load(nodes[1].read_text())["description"] == "Says please."
+    umask = os.umask(0)
+    os.umask(umask)
+    assert personality.stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any file the user writes
 
 
 def test_schema_rejects_what_the_loader_rejects(tmp_path):

@@ -156,7 +156,10 @@ def export_lora(
     It loads with ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out_dir)``.
     ``base_name`` goes into ``adapter_config.json`` as ``base_model_name_or_path``.
     """
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise UserError("LoRA export needs the peft package:  pip install 'traitgraph[export]'  (or: pip install peft)") from None
     from transformers import AutoModelForCausalLM
 
     if rank < 1:
