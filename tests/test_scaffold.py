@@ -70,8 +70,12 @@ def test_init_refuses_a_non_empty_directory_and_new_an_existing_node(tmp_path, c
 
 def test_init_check_build_on_a_fresh_directory(tmp_path, monkeypatch, tiny_base_dir):
     """The five-minute start: init, check, build, as a user types them (pico base)."""
+    import shutil
+
     monkeypatch.chdir(tmp_path)
-    assert main(["init", "demo", "--base", str(tiny_base_dir)]) == 0
+    shutil.copytree(tiny_base_dir, tmp_path / "models" / "pico")
+    assert main(["init", "demo", "--base", "models/pico"]) == 0  # relative to where the user types it
+    assert 'base: "../models/pico"' in (tmp_path / "demo" / "personality.yaml").read_text()
     assert main(["check", "demo"]) == 0
     assert main(["build", "demo", "-o", "demo-out"]) == 0
     assert (tmp_path / "demo-out" / "checkpoint" / "config.json").is_file()

@@ -149,6 +149,21 @@ edges: []
 """
 
 
+def base_reference(base: str, specs_dir: Path) -> str:
+    """``base`` as the personality file must say it: a relative path that exists from the working
+    directory is rewritten relative to the specs dir (where the loader resolves it); anything else as is.
+
+    >>> base_reference("smollm2-135m-instruct", Path("demo"))
+    'smollm2-135m-instruct'
+    """
+    import os
+
+    path = Path(base).expanduser()
+    if path.is_absolute() or not path.is_dir():
+        return base
+    return os.path.relpath(path.resolve(), Path(specs_dir).resolve())
+
+
 def scaffold_personality(directory: str | Path, *, base: str, node_id: str = "greeting") -> list[Path]:
     """Write ``personality.yaml``, ``nodes/<node_id>.yaml`` and ``schema/`` into a new or empty directory.
 
@@ -162,7 +177,7 @@ def scaffold_personality(directory: str | Path, *, base: str, node_id: str = "gr
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise UserError(f"{directory}: exists and is not an empty directory; init writes only into a new one")
     files = {
-        directory / "personality.yaml": personality_yaml(directory.resolve().name, base, node_id),
+        directory / "personality.yaml": personality_yaml(directory.resolve().name, base_reference(base, directory), node_id),
         directory / "nodes" / f"{node_id}.yaml": node_yaml(node_id),
     }
     for path, text in files.items():
