@@ -64,6 +64,7 @@ def test_card_after_link_then_refreshed_after_eval(tmp_path, tiny_specs, license
         assert metrics[f"{node['id']} ({node['measure']})"] == pytest.approx(node["directed_gain_linked"], abs=1e-4)
     assert metrics["general-text loss (linked)"] == pytest.approx(report["retention"]["linked_loss"], abs=1e-4)
     assert "Not evaluated yet" not in body and "gate `" in body
+    assert meta["license"] == "mit"  # still known after the refresh
     # the card does not disturb the build: nothing to do, and the lock still verifies
     assert main(["status", str(specs), "-o", str(out)]) == 0
     assert main(["verify", str(out), "--specs", str(specs)]) == 0

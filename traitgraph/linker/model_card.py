@@ -238,6 +238,10 @@ def write_model_card(out_root: str | Path, spec, lock=None, base_dir: Path | Non
         report = json.loads((out_root / "report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         report = None
+    if base_dir is None:
+        from traitgraph.compiler.base_model import resolve_base
+
+        base_dir = resolve_base(lock.base.reference, spec.specs_dir).path
     base = base_facts(lock.base.reference, spec.specs_dir, base_dir)
     path = out_root / "checkpoint" / CARD_FILE
     write_text_atomic(path, render_card(spec, lock, report, base))
