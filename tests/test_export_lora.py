@@ -90,3 +90,9 @@ def test_export_errors_are_user_errors(tmp_path, build, capsys):
     assert "lock file not found" in capsys.readouterr().err
     assert main(["export", str(out), "--lora", "0", "--specs", str(specs)]) == 2
     assert "at least 1" in capsys.readouterr().err
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    assert main(["export", str(out), "--lora", "4", "-o", str(keep), "--specs", str(specs)]) == 2
+    assert "not a LoRA adapter directory" in capsys.readouterr().err
+    assert (keep / "notes.txt").read_text() == "mine"

@@ -188,6 +188,8 @@ def export_gguf(template: Path, checkpoint: Path, out_path: Path, type_name: str
 
     if type_name not in GGUF_TYPES:
         raise UserError(f"--type must be one of {', '.join(GGUF_TYPES)}, got {type_name!r}")
+    if out_path.is_dir():
+        raise UserError(f"{out_path} is a directory; -o names the GGUF file to write")
     if not Path(template).is_file():
         raise UserError(f"GGUF template {template} does not exist")
     reader = gguf.GGUFReader(template)

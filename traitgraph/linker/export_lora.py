@@ -164,6 +164,8 @@ def export_lora(
 
     if rank < 1:
         raise UserError(f"--lora RANK must be at least 1, got {rank}")
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "adapter_config.json").is_file())):
+        raise UserError(f"{out_dir} exists and is not a LoRA adapter directory; refusing to replace it (choose another -o)")
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True,
                                                  local_files_only=True)
     built = read_checkpoint_tensors(checkpoint_dir)
