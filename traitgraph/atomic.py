@@ -32,6 +32,9 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a user-facing file gets the usual mode
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

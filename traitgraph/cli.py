@@ -33,6 +33,11 @@ COMMANDS: dict[str, str] = {
     "test": "run the behaviour tests (expect: on eval and ood cases) on the build or the base",
     "report": "regenerate the build report",
     "chat": "talk to a built model",
+    "init": "start a new personality (commented specs and JSON Schemas)",
+    "new": "add a node file with every field commented",
+    "schema": "write the JSON Schemas of the spec files",
+    "export": "export a build as a LoRA adapter or a GGUF file",
+    "verify": "rebuild a checkpoint from its lock file and check every hash",
 }
 
 

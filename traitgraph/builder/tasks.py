@@ -129,6 +129,9 @@ def link_action(plan: BuildPlan) -> None:
     )
     write_lock(plan.out.lock, lock)
     write_stamps(plan.out, outputs)
+    from traitgraph.linker.model_card import write_model_card  # not a lock output (see its docstring)
+
+    write_model_card(plan.out.root, spec, lock, base.path)
     seconds = time.perf_counter() - t0
     print(f"link: {len(inputs)} task vectors, {spec.personality.merge.method} -> {plan.out.checkpoint} ({seconds:.1f}s)")
     log_event(plan.out, "link", nodes=[n.id for n in nodes], seconds=round(seconds, 2))

@@ -3,6 +3,7 @@
     traitgraph cache ls                    entries: hash, node, size
     traitgraph cache size                  total size
     traitgraph cache gc [--lock FILE ...]  drop vectors no lock file references
+    traitgraph cache key [--specs DIR]     one key over the specs' training hashes (for CI caches)
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["ls", "size", "gc"], help="what to do")
+    parser.add_argument("action", choices=["ls", "size", "gc", "key"], help="what to do")
     parser.add_argument(
         "--lock", action="append", default=None,
         help="a lock file whose vectors gc keeps (repeatable; default: out/traitgraph.lock)",
     )
+    parser.add_argument("--specs", default="specs", help="key: the specs directory (default: specs)")
     parser.add_argument("--dry-run", action="store_true", help="gc: only say what would go")
 
 
@@ -28,11 +30,21 @@ def human(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def print_cache_key(specs_dir: str) -> int:
+    from traitgraph.builder.cache_key import training_hashes_key
+    from traitgraph.builder.plan import BuildPlan
+
+    print(training_hashes_key(BuildPlan.load(specs_dir, "out").hashes))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from traitgraph.builder.cache import VectorCache
     from traitgraph.linker.lock import read_lock
     from traitgraph.errors import UserError
 
+    if args.action == "key":
+        return print_cache_key(args.specs)
     cache = VectorCache()
     entries = cache.entries()
     if args.action == "ls":

@@ -235,6 +235,16 @@ def base_fingerprint(reference: str, specs_dir: Path | None = None, cache_dir: P
         hashes.save()
 
 
+def base_gguf(reference: str, specs_dir: Path | None = None) -> Path | None:
+    """The GGUF file a base came from (the embedded default's), or ``None`` for a Hugging Face base.
+
+    >>> base_gguf("smollm2-135m-instruct").name          # doctest: +SKIP
+    'SmolLM2-135M-Instruct.Q4_1.gguf'
+    """
+    kind, path = _reference_kind(reference, None if specs_dir is None else Path(specs_dir))
+    return path if kind == "embedded" else None
+
+
 def resolve_base(
     reference: str, specs_dir: Path | None = None, cache_dir: Path | None = None
 ) -> ResolvedBase:

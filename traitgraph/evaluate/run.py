@@ -607,6 +607,9 @@ def run_eval(plan: BuildPlan, *, threads: int | None = None, progress: bool = Tr
     then apply the gates: a budget exceeded is a :class:`BuildError` naming what fell short."""
     report = evaluate_build(plan, threads=threads, progress=progress)
     report = write_report(report, plan.out.root)
+    from traitgraph.linker.model_card import write_model_card  # the card shows the new results
+
+    write_model_card(plan.out.root, plan.spec)
     print(print_summary(report))
     print(f"report: {plan.out.root / REPORT_MD}")
     log_event(plan.out, "eval", seconds=report.seconds, passed=report.passed,
