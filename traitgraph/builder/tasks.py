@@ -116,7 +116,12 @@ def link_action(plan: BuildPlan) -> None:
         record = plan.cache.record(h)
         weight = spec.nodes[node_id].spec.weight
         inputs.append(LinkInput(name=node_id, path=path, weight=weight))
-        nodes.append(LockNode(id=node_id, training_hash=h, vector_sha256=record.sha256, weight=weight))
+        device = record.payload["training"].get("device")  # absent on the cpu (see compiler.device)
+        if device is not None:
+            device = f"{device}/{record.payload['training']['precision']}"
+        nodes.append(
+            LockNode(id=node_id, training_hash=h, vector_sha256=record.sha256, weight=weight, device=device)
+        )
     base = resolve_base(spec.personality.base, spec.specs_dir)
     t0 = time.perf_counter()
     outputs = link_checkpoint(base.path, inputs, spec.personality.merge, plan.out.checkpoint, progress=True)

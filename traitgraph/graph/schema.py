@@ -163,9 +163,16 @@ class TrainingSettings(Strict):
         default=4.0, gt=1.0, description="Stop when the smoothed loss exceeds this × its start."
     )
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
-    vector_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        default="float32",
-        description="Task-vector dtype on disk. float32 is exact; bfloat16 halves the size and rounds τ.",
+    vector_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description=(
+            "Task-vector dtype on disk. `auto`: bfloat16 for bases of 1B parameters or more, else float32 "
+            "(exact); bfloat16 halves the size and rounds τ."
+        ),
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        default="cpu",
+        description="Where to train: `auto` takes cuda, then mps, then cpu on the machine planning the build.",
     )
 
 
@@ -197,7 +204,8 @@ class TrainingOverrides(Strict):
     grad_clip: float | None = Field(default=None, gt=0)
     divergence_factor: float | None = Field(default=None, gt=1.0)
     replay: ReplaySettings | None = None
-    vector_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    vector_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+    device: Literal["auto", "cpu", "cuda", "mps"] | None = None
 
     def apply(self, defaults: TrainingSettings) -> TrainingSettings:
         """The effective settings: ``defaults`` with every set field replaced."""
