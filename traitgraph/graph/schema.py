@@ -271,6 +271,27 @@ class EvalSettings(Strict):
     )
 
 
+class RaySettings(Strict):
+    """Train each node as a Ray task (see docs/scaling.md); doit still schedules.
+    Never part of a hash: where a vector was computed does not change it on the cpu."""
+
+    address: str | None = Field(
+        default=None,
+        description="Cluster to join (`auto`, `HOST:PORT`, `ray://HOST:10001`); null starts a local Ray.",
+    )
+    num_cpus: float = Field(default=1, ge=0, description="CPUs each training task reserves.")
+    num_gpus: float = Field(default=0, ge=0, description="GPUs each training task reserves.")
+    memory: int | None = Field(default=None, gt=0, description="Bytes of memory each training task reserves.")
+    max_retries: int = Field(default=3, ge=0, description="Retries of a task whose worker died.")
+    transfer: Literal["object_store", "shared_cache"] = Field(
+        default="object_store",
+        description=(
+            "`object_store`: the vector comes back to the driver, which writes the cache; `shared_cache`: "
+            "workers write into the cache directory, which every node mounts at the same path."
+        ),
+    )
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -290,6 +311,7 @@ class Personality(Strict):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     merge: MergeSettings = Field(default_factory=MergeSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    ray: RaySettings | None = Field(default=None, description="Train on a Ray cluster (off when absent).")
 
 
 class Edge(Strict):
