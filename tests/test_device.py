@@ -13,8 +13,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import pirate_node
+
 from traitgraph.compiler.device import (
     BF16_VECTOR_PARAMETERS,
     EMBEDDED_PARAMETERS,
@@ -23,7 +23,12 @@ from traitgraph.compiler.device import (
     vector_dtype_for,
 )
 from traitgraph.graph import load_specs
-from traitgraph.graph.hashing import canonical_json, node_hashes, sha256_hex, training_payload
+from traitgraph.graph.hashing import (
+    canonical_json,
+    node_hashes,
+    sha256_hex,
+    training_payload,
+)
 
 FP = "sha256:" + "0" * 64
 

@@ -31,7 +31,7 @@ import yaml
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 ray = pytest.importorskip("ray", reason="ray is an optional extra: pip install 'traitgraph[ray]'")
 
-from conftest import pirate_node, write_tiny_specs  # noqa: E402
+from conftest import pirate_node, write_tiny_specs
 
 TRAINING = {"learning_rate": 1e-3, "steps": 3, "batch_size": 4, "seed": 0}
 #: Where nothing listens: a build that tried to reach Ray here would fail.
@@ -45,9 +45,8 @@ def _stale_cluster_file() -> Path:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A head (0 CPUs) and two worker nodes (1 CPU each), all on 127.0.0.1."""
-    from ray.cluster_utils import Cluster
-
     from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
 
     assert not ray_constants.ENABLE_RAY_CLUSTER, "ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
     _stale_cluster_file().unlink(missing_ok=True)  # a killed run's file would make ray.init find a dead cluster
@@ -216,3 +215,14 @@ def test_worker_killed_mid_training_is_retried(ray_cluster, tiny_base_dir, tmp_p
     assert sorted(p.name for p in vectors.vectors.iterdir()) == sorted(
         [f"{entries[0].training_hash}.safetensors", f"{entries[0].training_hash}.json"]
     )
+
+
+def test_unreachable_cluster_is_a_clear_error(tiny_specs, tmp_path, monkeypatch):
+    """Work to do and no cluster at the address: exit 2 within seconds, nothing in the cache."""
+    specs = tiny_specs()
+    t0 = time.monotonic()
+    rc, log = _build(specs, tmp_path / "out", tmp_path / "cache", monkeypatch, "--ray", NO_CLUSTER, "--", "train")
+    assert rc == 2, log[-3000:]
+    assert f"nothing answers at {NO_CLUSTER}" in log and "Traceback" not in log
+    assert time.monotonic() - t0 < 60
+    assert not list((tmp_path / "cache").glob("vectors/*.json"))

@@ -108,6 +108,27 @@ def run_job(job: TrainJob) -> dict[str, Any]:
 # --------------------------------------------------------------------------- driver side
 
 
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A ``HOST:PORT`` address must accept a connection (``ray.init`` would retry for minutes).
+
+    ``None``, ``auto`` and ``ray://`` addresses are left to Ray.
+    """
+    import socket
+
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"ray: address {address!r} is not HOST:PORT, `auto` or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(
+            f"ray: nothing answers at {address} ({exc.strerror or exc}); start the cluster's head there "
+            "(`ray start --head --port PORT`) or give its address to --ray / `ray.address`"
+        ) from None
+
+
 class RayExecutor:
     """Submits training jobs to Ray; connects on first use, thread-safe (doit's threads share it)."""
 
@@ -129,6 +150,7 @@ class RayExecutor:
                         "install it with:  pip install 'traitgraph[ray]'"
                     ) from None
                 if not ray.is_initialized():
+                    check_reachable(self.address)
                     try:
                         local = {"include_dashboard": False} if self.address is None else {}
                         ray.init(address=self.address, log_to_driver=False, **local)

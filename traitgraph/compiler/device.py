@@ -74,15 +74,20 @@ CUBLAS_WORKSPACE = ":4096:8"
 # --------------------------------------------------------------------------- policy (pure)
 
 
-def available_device() -> str:
-    """The best device class this process can use: cuda, then mps, then cpu."""
+def has_device(device: str) -> bool:
+    """Whether this process can use the device class (torch is asked; cpu always)."""
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    if device == "cuda":
+        return torch.cuda.is_available()
+    if device == "mps":
+        return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    return device == "cpu"
+
+
+def available_device() -> str:
+    """The best device class this process can use: cuda, then mps, then cpu."""
+    return next(d for d in ("cuda", "mps", "cpu") if has_device(d))
 
 
 def resolve_device(name: str) -> str:
@@ -176,7 +181,7 @@ def training_device(device: str, where: str) -> Iterator[Any]:
 
     if device == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-    if device != "cpu" and available_device() != device and not (device == "cuda" and torch.cuda.is_available()):
+    if not has_device(device):
         raise BuildError(
             f"{where}: training.device is '{device}', but this machine has no {device} device "
             f"(torch {torch.__version__}); set `device: cpu` or `auto`, or run the build where one is"

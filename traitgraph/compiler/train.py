@@ -39,7 +39,6 @@ import torch
 
 from traitgraph import __version__
 from traitgraph.compiler.base_model import ResolvedBase, load_model
-from traitgraph.compiler.device import autocast, base_parameters, to_device, training_device, training_record
 from traitgraph.compiler.data import (
     Batch,
     EncodedExample,
@@ -52,8 +51,19 @@ from traitgraph.compiler.data import (
     load_general_text,
     pad_id,
 )
+from traitgraph.compiler.device import (
+    autocast,
+    base_parameters,
+    to_device,
+    training_device,
+    training_record,
+)
 from traitgraph.compiler.losses import response_logits, response_token_losses, token_nll
-from traitgraph.compiler.task_vector import TaskVectorMeta, open_task_vector, save_task_vector
+from traitgraph.compiler.task_vector import (
+    TaskVectorMeta,
+    open_task_vector,
+    save_task_vector,
+)
 from traitgraph.errors import BuildError, UserError
 
 #: Weight of the newest loss in the smoothed loss (an exponential moving average).
