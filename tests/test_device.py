@@ -120,3 +120,13 @@ def test_unknown_device_is_a_spec_error(tiny_specs, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         rc = main(["check", str(specs)])
     assert rc == 2 and "device" in err.getvalue() and "personality.yaml" in err.getvalue()
+
+
+def test_large_base_stores_bfloat16_vectors_in_the_hash():
+    from traitgraph.compiler.device import training_record
+    from traitgraph.graph.schema import TrainingSettings
+
+    assert training_record(TrainingSettings(), BF16_VECTOR_PARAMETERS)["vector_dtype"] == "bfloat16"
+    assert training_record(TrainingSettings(), 134_515_008)["vector_dtype"] == "float32"
+    pinned = TrainingSettings(vector_dtype="float32")
+    assert training_record(pinned, 8_000_000_000)["vector_dtype"] == "float32"
