@@ -226,3 +226,25 @@ def test_unreachable_cluster_is_a_clear_error(tiny_specs, tmp_path, monkeypatch)
     assert f"nothing answers at {NO_CLUSTER}" in log and "Traceback" not in log
     assert time.monotonic() - t0 < 60
     assert not list((tmp_path / "cache").glob("vectors/*.json"))
+
+
+def test_doit_with_ray_in_the_personality(ray_cluster, local_reference, tmp_path):
+    """Plain ``doit -n 2`` on the repository's dodo.py: the `ray:` section sends training to the cluster."""
+    import shutil
+
+    specs, local_out = local_reference
+    mine = tmp_path / "specs"
+    shutil.copytree(specs, mine)
+    personality = yaml.safe_load((mine / "personality.yaml").read_text())
+    personality["ray"] = {"address": ray_cluster.address}
+    (mine / "personality.yaml").write_text(yaml.safe_dump(personality))
+    env = {**os.environ, "TRAITGRAPH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    doit = Path(sys.executable).with_name("doit")
+    dodo = Path(__file__).resolve().parents[1] / "dodo.py"
+    done = subprocess.run(
+        [str(doit), "-f", str(dodo), "-n", "2", f"specs={mine}", f"out={tmp_path / 'out'}", "link"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("on ray") == 3
+    assert _outputs(tmp_path / "out") == _outputs(local_out)
