@@ -243,7 +243,7 @@ def test_doit_with_ray_in_the_personality(ray_cluster, local_reference, tmp_path
     dodo = Path(__file__).resolve().parents[1] / "dodo.py"
     done = subprocess.run(
         [str(doit), "-f", str(dodo), "-n", "2", f"specs={mine}", f"out={tmp_path / 'out'}", "link"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("on ray") == 3

@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,9 +177,8 @@ class RayExecutor:
         h = plan.hashes[node_id]
         job = TrainJob(plan.spec, node_id, h, plan.fingerprint, threads)
         if self.settings.transfer == "shared_cache":
-            return TrainJob(**{**job.__dict__, "parent_paths": [str(p) for p in parents],
-                               "out_path": str(plan.cache.vector_path(h))})
-        return TrainJob(**{**job.__dict__, "parents": [p.read_bytes() for p in parents]})
+            return replace(job, parent_paths=[str(p) for p in parents], out_path=str(plan.cache.vector_path(h)))
+        return replace(job, parents=[p.read_bytes() for p in parents])
 
     def train(self, plan, node_id: str, parents: list[Path], threads: int) -> dict[str, Any]:
         """Train ``node_id`` on the cluster and commit its vector to ``plan.cache``."""
