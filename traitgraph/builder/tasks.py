@@ -36,12 +36,15 @@ def train_threads() -> int:
 def doit_config(plan: BuildPlan, default_tasks: list[str]) -> dict[str, Any]:
     """doit's settings for a build: sqlite state under ``OUT/.traitgraph/``, full output."""
     plan.out.state.mkdir(parents=True, exist_ok=True)
-    return {
+    config = {
         "backend": "sqlite3",
         "dep_file": str(plan.out.state / "doit.sqlite"),
         "verbosity": 2,
         "default_tasks": default_tasks,
     }
+    if plan.executor is not None:  # actions wait on Ray futures: threads share one Ray connection
+        config["par_type"] = "thread"
+    return config
 
 
 # --------------------------------------------------------------------------- actions
@@ -70,15 +73,20 @@ def train_node_action(plan: BuildPlan, node_id: str) -> dict[str, str]:
     from traitgraph.compiler.base_model import resolve_base
     from traitgraph.compiler.train import train_node
 
-    torch.set_num_threads(train_threads())
     parents = [plan.cache.verify(plan.hashes[dep]) for dep in plan.spec.dependencies(node_id)]
-    base = resolve_base(plan.spec.personality.base, plan.spec.specs_dir)
     t0 = time.perf_counter()
-    meta = train_node(plan.spec, node_id, base, plan.cache.vector_path(h), parent_vectors=parents, progress=True)
-    plan.cache.commit(h, node_id, plan.payload(node_id))
+    if plan.executor is not None:  # a Ray task; the executor commits the verified vector
+        result = plan.executor.train(plan, node_id, parents, train_threads())
+        steps, final_loss, where = result["steps"], result["final_loss"], " on ray"
+    else:
+        torch.set_num_threads(train_threads())
+        base = resolve_base(plan.spec.personality.base, plan.spec.specs_dir)
+        meta = train_node(plan.spec, node_id, base, plan.cache.vector_path(h), parent_vectors=parents, progress=True)
+        plan.cache.commit(h, node_id, plan.payload(node_id))
+        steps, final_loss, where = meta.steps, meta.final_loss, ""
     seconds = time.perf_counter() - t0
-    print(f"train:{node_id}: {meta.steps} steps, final loss {meta.final_loss:.4f}, {seconds:.1f}s -> {h[:12]}")
-    log_event(plan.out, "train", node=node_id, hash=h, seconds=round(seconds, 2), final_loss=meta.final_loss)
+    print(f"train:{node_id}: {steps} steps, final loss {final_loss:.4f}, {seconds:.1f}s{where} -> {h[:12]}")
+    log_event(plan.out, "train", node=node_id, hash=h, seconds=round(seconds, 2), final_loss=final_loss)
     return {"training_hash": h}
 
 
@@ -116,7 +124,12 @@ def link_action(plan: BuildPlan) -> None:
         record = plan.cache.record(h)
         weight = spec.nodes[node_id].spec.weight
         inputs.append(LinkInput(name=node_id, path=path, weight=weight))
-        nodes.append(LockNode(id=node_id, training_hash=h, vector_sha256=record.sha256, weight=weight))
+        device = record.payload["training"].get("device")  # absent on the cpu (see compiler.device)
+        if device is not None:
+            device = f"{device}/{record.payload['training']['precision']}"
+        nodes.append(
+            LockNode(id=node_id, training_hash=h, vector_sha256=record.sha256, weight=weight, device=device)
+        )
     base = resolve_base(spec.personality.base, spec.specs_dir)
     t0 = time.perf_counter()
     outputs = link_checkpoint(base.path, inputs, spec.personality.merge, plan.out.checkpoint, progress=True)

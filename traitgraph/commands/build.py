@@ -3,6 +3,7 @@
     traitgraph build                     # specs/ -> out/
     traitgraph build specs -o out -n 2   # train two nodes at a time
     traitgraph build specs -- list       # doit arguments after --
+    traitgraph build --ray auto -n 8     # each node a task on a running Ray cluster
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("specs_dir", nargs="?", default="specs", help="specs directory (default: specs)")
     parser.add_argument("-o", "--out", default="out", help="output directory (default: out)")
     parser.add_argument("-n", "--jobs", type=int, default=1, help="train this many nodes in parallel")
+    parser.add_argument(
+        "--ray", nargs="?", const="settings", default=None, metavar="ADDRESS",
+        help="train each node as a Ray task (ADDRESS: auto, HOST:PORT; none: the personality's, else a local Ray)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,11 +32,13 @@ def run(args: argparse.Namespace) -> int:
     from traitgraph.pipeline import open_build
 
     extra = list(args.passthrough)  # doit arguments after --
-    build = open_build(args.specs_dir, args.out, runs_tasks=runs_tasks(extra))
+    build = open_build(args.specs_dir, args.out, runs_tasks=runs_tasks(extra), ray=args.ray)
     loader = ModuleTaskLoader(build.doit_namespace())
     doit_args = ["-n", str(args.jobs), *extra] if args.jobs > 1 and runs_tasks(extra) else extra
     try:
         return DoitMain(loader).run(doit_args)
     finally:
+        if build.plan.executor is not None:
+            build.plan.executor.close()
         if build.output_lock is not None:
             build.output_lock.release()

@@ -51,8 +51,19 @@ from traitgraph.compiler.data import (
     load_general_text,
     pad_id,
 )
+from traitgraph.compiler.device import (
+    autocast,
+    base_parameters,
+    to_device,
+    training_device,
+    training_record,
+)
 from traitgraph.compiler.losses import response_logits, response_token_losses, token_nll
-from traitgraph.compiler.task_vector import TaskVectorMeta, open_task_vector, save_task_vector
+from traitgraph.compiler.task_vector import (
+    TaskVectorMeta,
+    open_task_vector,
+    save_task_vector,
+)
 from traitgraph.errors import BuildError, UserError
 
 #: Weight of the newest loss in the smoothed loss (an exponential moving average).
@@ -157,7 +168,7 @@ def task_vector(
     """τ = trained − start for every tensor that changed, in ``dtype``."""
     tau: dict[str, torch.Tensor] = {}
     for name, p in named_params:
-        delta = p.detach().float() - start.tensor(name, torch.float32)
+        delta = p.detach().float().cpu() - start.tensor(name, torch.float32)
         if torch.any(delta != 0):
             tau[name] = delta.to(dtype)
     return tau
@@ -253,11 +264,10 @@ def train_node(
     the node's training hash (:func:`traitgraph.graph.hashing.node_hashes`).
     Raises :class:`BuildError` on divergence (and writes nothing).
     """
-    from traitgraph.compiler.optim import build_optimizer, effective_settings
+    from traitgraph.compiler.optim import effective_settings
 
     t0 = time.perf_counter()
     settings = spec.training_settings(node_id)
-    node = spec.nodes[node_id]
     deps = spec.dependencies(node_id)
     if len(parent_vectors) != len(deps):
         raise BuildError(
@@ -269,9 +279,40 @@ def train_node(
 
         node_hash = node_hashes(spec, base.fingerprint)[node_id]
 
+    record = training_record(settings, base_parameters(spec.personality.base, spec.specs_dir))
     model, tokenizer = load_model(base)
     start = StartWeights(base, parent_vectors)
     apply_start(model, start)
+    with training_device(record.get("device", "cpu"), f"node '{node_id}'") as device:
+        model.to(device)
+        curve, tokens = _train_loop(spec, node_id, settings, model, tokenizer, start, device, progress)
+    dtype = getattr(torch, record["vector_dtype"])
+    tau = task_vector(trainable_parameters(model, start.names()), start, dtype)
+    smooth = _smoothed(curve)
+    meta = TaskVectorMeta(
+        node_id=node_id,
+        node_hash=node_hash,
+        base_fingerprint=base.fingerprint,
+        optimizer=effective_settings(settings.optimizer).model_dump(mode="json"),
+        training=record,
+        steps=len(curve),
+        tokens=tokens,
+        final_loss=smooth[-1],
+        loss_curve=curve,
+        oscillation=oscillation(curve),
+        dtype=record["vector_dtype"],
+        traitgraph_version=__version__,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+    save_task_vector(out_path, tau, meta)
+    return meta
+
+
+def _train_loop(spec, node_id: str, settings, model, tokenizer, start: StartWeights, device, progress: bool):
+    """The optimisation steps of :func:`train_node` on ``device``; returns (loss curve, tokens)."""
+    from traitgraph.compiler.optim import build_optimizer
+
+    node = spec.nodes[node_id]
     named = trainable_parameters(model, start.names())
     pad = pad_id(tokenizer)
 
@@ -301,12 +342,13 @@ def train_node(
                 rows = [examples[i] for i in sampler.take(n_node)]
                 if replay_sampler is not None:
                     rows += [replay[i] for i in replay_sampler.take(n_replay)]
-                batch = collate(rows, pad)
+                batch = to_device(collate(rows, pad), device)
                 t_step = time.perf_counter()
 
                 opt.zero_grad(set_to_none=True)
-                logits = response_logits(model, batch, settings.context)
-                loss = _weighted_loss(logits, batch, n_node)
+                with autocast(device):
+                    logits = response_logits(model, batch, settings.context)
+                loss = _weighted_loss(logits.float(), batch, n_node)
                 value = float(loss.detach())
                 _guard_value(node_id, step, "loss", value)
                 loss.backward()
@@ -335,26 +377,7 @@ def train_node(
 
     model.zero_grad(set_to_none=True)
     model.eval()
-    dtype = getattr(torch, settings.vector_dtype)
-    tau = task_vector(named, start, dtype)
-    smooth = _smoothed(curve)
-    meta = TaskVectorMeta(
-        node_id=node_id,
-        node_hash=node_hash,
-        base_fingerprint=base.fingerprint,
-        optimizer=effective_settings(settings.optimizer).model_dump(mode="json"),
-        training=settings.model_dump(mode="json"),
-        steps=len(curve),
-        tokens=tokens,
-        final_loss=smooth[-1],
-        loss_curve=curve,
-        oscillation=oscillation(curve),
-        dtype=settings.vector_dtype,
-        traitgraph_version=__version__,
-        seconds=round(time.perf_counter() - t0, 3),
-    )
-    save_task_vector(out_path, tau, meta)
-    return meta
+    return curve, tokens
 
 
 def _guard_value(node_id: str, step: int, what: str, value: float) -> None:

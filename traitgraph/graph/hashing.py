@@ -9,7 +9,9 @@ everything that can change its trained task vector, and nothing else:
 ``node.examples``    every training example after validation (inline and
                      from ``examples_file``, parsed, in order)
 ``training``         the effective training settings (defaults merged with
-                     the node's overrides), every field with its value
+                     the node's overrides), every field with its value;
+                     ``device`` and ``vector_dtype`` resolved, a cpu device
+                     left out (:func:`traitgraph.compiler.device.training_record`)
 ``base``             the base reference and the base weights' fingerprint
 ``parents``          the training hashes of the nodes it ``refines``
 ``replay``           when replay is on: the hash of the replay source
@@ -29,6 +31,7 @@ from importlib import resources
 from typing import Any
 
 from traitgraph.compiler import TRAINER_VERSION
+from traitgraph.compiler.device import base_parameters, training_record
 from traitgraph.graph.load import Spec
 
 
@@ -51,13 +54,24 @@ def _examples_payload(spec: Spec, node_id: str) -> list[dict]:
     return [ex.model_dump(mode="json", exclude_none=True) for ex in spec.nodes[node_id].examples]
 
 
+def _base_parameters(spec: Spec) -> int:
+    """The base's parameter count for ``vector_dtype: auto``; 0 for a base that cannot be
+    read here (hashing a spec never fails on its base: fingerprinting reports that)."""
+    from traitgraph.errors import UserError
+
+    try:
+        return base_parameters(spec.personality.base, spec.specs_dir)
+    except UserError:
+        return 0
+
+
 def training_payload(spec: Spec, node_id: str, base_fingerprint: str, parents: dict[str, str]) -> dict:
     """The document whose hash is the node's training hash (see module doc)."""
     settings = spec.training_settings(node_id)
     payload: dict[str, Any] = {
         "trainer": TRAINER_VERSION,
         "node": {"id": node_id, "examples": _examples_payload(spec, node_id)},
-        "training": settings.model_dump(mode="json"),
+        "training": training_record(settings, _base_parameters(spec)),
         "base": {"reference": spec.personality.base, "fingerprint": base_fingerprint},
         "parents": {p: parents[p] for p in spec.dependencies(node_id)},
     }

@@ -233,9 +233,16 @@ class TrainingSettings(Strict):
         default=4.0, gt=1.0, description="Stop when the smoothed loss exceeds this × its start."
     )
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
-    vector_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        default="float32",
-        description="Task-vector dtype on disk. float32 is exact; bfloat16 halves the size and rounds τ.",
+    vector_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description=(
+            "Task-vector dtype on disk. `auto`: bfloat16 for bases of 1B parameters or more, else float32 "
+            "(exact); bfloat16 halves the size and rounds τ."
+        ),
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        default="cpu",
+        description="Where to train: `auto` takes cuda, then mps, then cpu on the machine planning the build.",
     )
 
 
@@ -267,7 +274,8 @@ class TrainingOverrides(Strict):
     grad_clip: float | None = Field(default=None, gt=0)
     divergence_factor: float | None = Field(default=None, gt=1.0)
     replay: ReplaySettings | None = None
-    vector_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    vector_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+    device: Literal["auto", "cpu", "cuda", "mps"] | None = None
 
     def apply(self, defaults: TrainingSettings) -> TrainingSettings:
         """The effective settings: ``defaults`` with every set field replaced."""
@@ -351,6 +359,27 @@ class EvalSettings(Strict):
         return v
 
 
+class RaySettings(Strict):
+    """Train each node as a Ray task (see docs/scaling.md); doit still schedules.
+    Never part of a hash: where a vector was computed does not change it on the cpu."""
+
+    address: str | None = Field(
+        default=None,
+        description="Cluster to join (`auto`, `HOST:PORT`, `ray://HOST:10001`); null starts a local Ray.",
+    )
+    num_cpus: float = Field(default=1, ge=0, description="CPUs each training task reserves.")
+    num_gpus: float = Field(default=0, ge=0, description="GPUs each training task reserves.")
+    memory: int | None = Field(default=None, gt=0, description="Bytes of memory each training task reserves.")
+    max_retries: int = Field(default=3, ge=0, description="Retries of a task whose worker died.")
+    transfer: Literal["object_store", "shared_cache"] = Field(
+        default="object_store",
+        description=(
+            "`object_store`: the vector comes back to the driver, which writes the cache; `shared_cache`: "
+            "workers write into the cache directory, which every node mounts at the same path."
+        ),
+    )
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -370,6 +399,7 @@ class Personality(Strict):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     merge: MergeSettings = Field(default_factory=MergeSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    ray: RaySettings | None = Field(default=None, description="Train on a Ray cluster (off when absent).")
 
 
 class Edge(Strict):

@@ -50,6 +50,10 @@ class LockNode(_LockModel):
     training_hash: str = Field(description="The node's training hash (the cache key of its vector).")
     vector_sha256: str = Field(description="sha256 of the task-vector file that was linked.")
     weight: float = Field(description="The weight it was linked with.")
+    device: str | None = Field(
+        default=None,
+        description="Where it trained and in what precision (`cuda/bf16-autocast`); absent for the cpu.",
+    )
 
 
 class LockFile(_LockModel):
@@ -64,7 +68,11 @@ class LockFile(_LockModel):
 
 def lock_json(lock: LockFile) -> str:
     """The lock as stable JSON: sorted keys, aliases (`lambda`), trailing newline."""
-    return json.dumps(lock.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True) + "\n"
+    data = lock.model_dump(mode="json", by_alias=True)
+    for node in data["nodes"]:
+        if node["device"] is None:  # a cpu-trained node: the lock reads as before devices existed
+            del node["device"]
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def write_lock(path: str | os.PathLike, lock: LockFile) -> None:
