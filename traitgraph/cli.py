@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "cache": "list, size and garbage-collect the task-vector cache",
     "eval": "evaluate a built checkpoint against its specs",
     "report": "regenerate the build report",
+    "sweep": "build and evaluate a grid of spec settings (merge method, weights, ...)",
     "chat": "talk to a built model",
 }
 
