@@ -119,3 +119,21 @@ def test_bad_paths_and_values_exit_2_naming_them_before_any_work(swept, tmp_path
 def test_personality_file_is_untouched(swept):
     specs, _, _ = swept
     assert yaml.safe_load((specs / "personality.yaml").read_text()).get("merge") is None
+
+
+def test_each_report_opens_with_mean_kept_and_what_was_lost_and_splits_trim_from_merge(swept):
+    _, out, _ = swept
+    points = json.loads((out / "sweep" / "sweep.json").read_text())["points"]
+    for p in points:
+        report = json.loads((out / "sweep" / p["name"] / "report.json").read_text())
+        first = (out / "sweep" / p["name"] / "report.md").read_text().split("## Gates")[0]
+        assert "**Lost: " in first
+        assert ("**Mean kept: " in first) == (report["mean_kept"] is not None)
+        assert p["mean_kept"] == report["mean_kept"]
+        for node in report["nodes"]:
+            assert node["trimmed"] is not None and node["gain_trimmed"] is not None
+            if p["settings"]["merge.method"] == "iso_c":  # no trim: the trimmed model is the alone model
+                assert node["gain_trimmed"] == node["gain_alone"]
+            else:  # TIES keeps 20% of each τ: a different model
+                assert node["gain_trimmed"] != node["gain_alone"]
+        assert "prompts" in {g["name"] for g in report["gates"]}

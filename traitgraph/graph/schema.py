@@ -278,8 +278,12 @@ class EvalSettings(Strict):
     """Evaluation and its gates (see README, "Evaluation")."""
 
     max_retention_loss_pct: float = Field(
-        default=10.0, ge=0.0,
+        default=1.0, ge=0.0,
         description="Fail the build when general-text loss rises by more than this percent.",
+    )
+    max_general_prompts_lost: int = Field(
+        default=0, ge=0,
+        description="Fail the build when it loses more than this many general prompts the base answers.",
     )
     min_behaviour_gain: float = Field(
         default=0.0,
