@@ -144,6 +144,10 @@ def headline(report) -> list[str]:
     if trims and merges:
         lines.append(f"Its own trim keeps {sum(trims) / len(trims):.2f} of a node's effect on average; combining "
                      f"with the other nodes keeps {sum(merges) / len(merges):.2f} of what the trim left.")
+    joint = [n.kept_of_joint for n in report.nodes if getattr(n, "kept_of_joint", None) is not None]
+    if joint:
+        lines.append(f"Against the joint reference (one model trained on every positive node's examples), the build "
+                     f"keeps {sum(joint) / len(joint):.2f} of its gain on average.")
     lines.append(lost_in_words(report.retention))
     return lines
 

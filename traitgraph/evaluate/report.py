@@ -125,6 +125,12 @@ class NodeResult(_Model):
     kept_by_merge: float | None = Field(
         default=None, description="directed gain linked / directed gain trimmed: what combining with the others kept."
     )
+    gain_joint: float | None = Field(
+        default=None, description="measure(base + τ_joint) − measure(base) (eval.joint_reference)."
+    )
+    kept_of_joint: float | None = Field(
+        default=None, description="directed gain linked / directed gain under the joint reference."
+    )
     cases: list[CaseRow] = Field(default_factory=list)
     samples: list[Sample] = Field(default_factory=list)
     training: TrainingTrace | None = None

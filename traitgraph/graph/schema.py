@@ -285,6 +285,11 @@ class EvalSettings(Strict):
         default=0, ge=0,
         description="Fail the build when it loses more than this many general prompts the base answers.",
     )
+    joint_reference: bool = Field(
+        default=False,
+        description="Also train one task vector on every positive node's examples together (the summed steps, "
+        "cached like a node) and report each node's linked gain as a fraction of its gain under it.",
+    )
     min_behaviour_gain: float = Field(
         default=0.0,
         description="Fail when a node's preference margin moves by less than this in its intended direction.",
