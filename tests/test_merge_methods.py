@@ -286,15 +286,30 @@ def test_della_epsilon_out_of_range_is_a_spec_error():
 # --------------------------------------------------------------------------- registry
 
 
-@pytest.mark.parametrize("method", ["della", "breadcrumbs", "breadcrumbs_ties", "tsv_m", "iso_c", "iso_cts"])
-def test_merge_whole_runs_every_new_method_and_a_missing_input_is_a_zero_vector(method):
+@pytest.mark.parametrize("method", ["della", "breadcrumbs", "breadcrumbs_ties"])
+def test_a_missing_input_is_a_zero_vector_for_the_sparsifying_methods(method):
     taus = [randn(16, 12, seed=s, scale=0.1) for s in range(3)]
     opts = MergeOptions(method, density=0.4, lambda_=0.8, normalize="count")
     with_zero = merge_whole(opts, [taus[0], None, taus[2]], [1.0, 0.5, -0.7], seeds=[1, 2, 3])
     explicit = merge_whole(opts, [taus[0], torch.zeros(16, 12), taus[2]], [1.0, 0.5, -0.7], seeds=[1, 2, 3])
     assert with_zero.shape == (16, 12) and torch.equal(with_zero, explicit)
+
+
+@pytest.mark.parametrize("method", ["tsv_m", "iso_c", "iso_cts"])
+@pytest.mark.parametrize("shape", [(16, 12), (12,)])
+def test_a_missing_input_takes_no_share_in_the_svd_methods(method, shape):
+    taus = [randn(*shape, seed=s, scale=0.1) for s in range(3)]
+    opts = MergeOptions(method, lambda_=0.8)
+    with_none = merge_whole(opts, [taus[0], None, taus[2]], [1.0, 0.5, -0.7])
+    assert torch.equal(with_none, merge_whole(opts, [taus[0], taus[2]], [1.0, -0.7]))
+    if method == "tsv_m" and len(shape) == 2:  # a zero task would still claim a third of the rank
+        zero = merge_whole(opts, [taus[0], torch.zeros(shape), taus[2]], [1.0, 0.5, -0.7])
+        assert not torch.allclose(with_none, zero, atol=1e-3)
+
+
+def test_tensor_merge_refuses_the_whole_tensor_methods():
     with pytest.raises(ValueError, match="needs whole tensors"):
-        TensorMerge(opts, [1.0], numel=4)
+        TensorMerge(MergeOptions("tsv_m"), [1.0], numel=4)
 
 
 # --------------------------------------------------------------------------- through the linker

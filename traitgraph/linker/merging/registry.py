@@ -170,7 +170,9 @@ def merge_whole(
 ) -> torch.Tensor:
     """The merged delta (float32, λ applied) of one whole tensor, for the ``whole`` methods.
 
-    An input that lacks the tensor passes ``None`` (a zero task vector).
+    An input that lacks the tensor passes ``None``: a zero task vector for the sparsifying
+    methods, and no task at all for the SVD methods (it claims no share of the rank, and the
+    mean of the tensors that are not matrices is over the inputs that have them).
 
     >>> merge_whole(MergeOptions("iso_c"), [torch.tensor([[3.0, 0.0], [0.0, 1.0]]), None], [1.0, 1.0])
     tensor([[2., 0.],
@@ -183,6 +185,9 @@ def merge_whole(
     n, o = len(taus), options
     densities = [o.density] * n if densities is None else list(densities)
     name = o.method
+    if METHODS[name].sparsify == "spectral":
+        present = [i for i, t in enumerate(task_tensors) if t is not None]
+        taus, weights = [taus[i] for i in present], [weights[i] for i in present]
     if name in ("tsv_m", "iso_c"):
         return METHODS[name].function(taus, weights, o.lambda_)
     if name == "iso_cts":
