@@ -44,6 +44,7 @@ def test_the_reserved_id_is_refused(tmp_path, tiny_base_dir):
 
 def test_build_reports_each_node_against_the_joint_reference_trained_once(tmp_path, tiny_base_dir, monkeypatch):
     monkeypatch.setenv("TRAITGRAPH_EVAL_THREADS", "1")
+    monkeypatch.setenv("TRAITGRAPH_CACHE", str(tmp_path / "cache"))  # counts the joint vectors of this build only
     specs = write_tiny_specs(tmp_path, tiny_base_dir, _nodes(),
                              {"learning_rate": 1e-3, "steps": 4, "batch_size": 4, "seed": 0})
     doc = yaml.safe_load((specs / "personality.yaml").read_text())

@@ -34,6 +34,7 @@ def swept(tmp_path_factory, tiny_base_dir):
     mp = pytest.MonkeyPatch()
     mp.setenv("TRAITGRAPH_EVAL_THREADS", "1")
     root = tmp_path_factory.mktemp("sweep")
+    mp.setenv("TRAITGRAPH_CACHE", str(root / "cache"))  # its own cache: other tests train the same nodes
     training = {"learning_rate": 1e-3, "steps": 4, "batch_size": 4, "seed": 0}
     specs = write_tiny_specs(root, tiny_base_dir, {"pirate": pirate_node(), "shouting": shouting_node()}, training)
     out = root / "out"
