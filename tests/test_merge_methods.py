@@ -212,6 +212,20 @@ def test_tsv_m_of_one_vector_is_that_vector_and_a_negative_weight_subtracts():
     assert torch.allclose(tsv_m([a, b], [1.0, 1.0]), a + b, atol=1e-5)
 
 
+def test_tsv_m_of_low_rank_tasks_is_well_defined():
+    """Tasks of rank 2 < r: their near-null singular directions carry no weight and must not
+    rotate the others (the reference's output moves by ~1e-4 under a 1e-12 perturbation here)."""
+    g = torch.Generator().manual_seed(0)
+    taus = [torch.randn(40, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 30, generator=g, dtype=torch.float64)
+            for _ in range(3)]
+    nudged = [t + 1e-12 * torch.randn(t.shape, generator=g, dtype=torch.float64) for t in taus]
+    assert torch.allclose(tsv_m(taus, [1.0, 0.6, 1.4]), tsv_m(nudged, [1.0, 0.6, 1.4]), rtol=0, atol=1e-6)
+    a, b = torch.zeros(20, 12), torch.zeros(20, 12)  # orthogonal low-rank tasks add unchanged
+    a[:10, :6] = randn(10, 2, seed=1) @ randn(2, 6, seed=2)
+    b[10:, 6:] = randn(10, 1, seed=3) @ randn(1, 6, seed=4)
+    assert torch.allclose(tsv_m([a, b], [1.0, 1.0]), a + b, atol=1e-5)
+
+
 def test_iso_c_flattens_the_spectrum_and_keeps_the_subspace():
     taus = [randn(24, 16, seed=s) for s in range(2)]
     total = taus[0] * 0.7 - taus[1] * 0.3
