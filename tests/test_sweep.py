@@ -73,6 +73,17 @@ def test_vectors_are_trained_once_and_reused(swept):
     assert [n["vector_sha256"] for n in locks[0]["nodes"]] == [n["vector_sha256"] for n in locks[2]["nodes"]]
 
 
+def test_a_second_run_reuses_every_link_and_report(swept, capsys):
+    specs, out, _ = swept
+    first = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert main(["sweep", str(specs), "-o", str(out), "--no-progress",
+                 "--set", "merge.method=ties,iso_c", "--set", "nodes.pirate.weight=0.5,1"]) == 0
+    again = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert all(p["evaluated"] for p in first["points"]) and not any(p["evaluated"] for p in again["points"])
+    strip = [{k: v for k, v in p.items() if k not in ("seconds", "evaluated", "trained")} for p in first["points"]]
+    assert strip == [{k: v for k, v in p.items() if k not in ("seconds", "evaluated", "trained")} for p in again["points"]]
+
+
 def test_table_and_picture_mark_the_pareto_front(swept):
     _, out, _ = swept
     sweep = json.loads((out / "sweep" / "sweep.json").read_text())

@@ -45,6 +45,7 @@ class PointResult(BaseModel):
     ok: bool = Field(description="Built and evaluated (the gates may still have failed).")
     error: str | None = Field(default=None, description="Why the point failed, when it did.")
     trained: list[str] = Field(default_factory=list, description="Nodes trained for this point (cache misses).")
+    evaluated: bool = Field(default=True, description="False when the point's report was already current.")
     mean_kept: float | None = Field(default=None, description="Mean over nodes of linked gain / alone gain.")
     min_kept: float | None = None
     kept: dict[str, float | None] = Field(default_factory=dict, description="Per node.")
@@ -84,8 +85,21 @@ def point_metrics(report) -> dict[str, Any]:
     }
 
 
-def _build_point(plan: BuildPlan) -> tuple[list[str], Any]:
-    """Train what the cache lacks, link unless the last link is current, evaluate; never raise on gates."""
+def _current_report(plan: BuildPlan):
+    """The point's report.json when it records exactly the current inputs (passed or not), else None."""
+    from traitgraph.evaluate.report import REPORT_JSON, read_report
+    from traitgraph.evaluate.run import eval_inputs
+
+    try:
+        report = read_report(plan.out.root / REPORT_JSON)
+        return report if report.inputs == eval_inputs(plan) else None
+    except UserError:
+        return None
+
+
+def _build_point(plan: BuildPlan) -> tuple[list[str], Any, bool]:
+    """Train what the cache lacks, link unless the last link is current, evaluate unless the report
+    is current; never raise on gates. Returns (trained nodes, report, whether it evaluated)."""
     from traitgraph.builder.tasks import link_action, train_node_action
     from traitgraph.evaluate.report import write_report
     from traitgraph.evaluate.run import evaluate_build
@@ -95,8 +109,10 @@ def _build_point(plan: BuildPlan) -> tuple[list[str], Any]:
         train_node_action(plan, node_id)
     if not plan.link_is_current():
         link_action(plan)
-    report = write_report(evaluate_build(plan, progress=True), plan.out.root)
-    return trained, report
+    report = _current_report(plan)
+    if report is not None:
+        return trained, report, False
+    return trained, write_report(evaluate_build(plan, progress=True), plan.out.root), True
 
 
 def _run_point(plan: BuildPlan, name: str, settings: dict[str, Any]) -> PointResult:
@@ -106,9 +122,9 @@ def _run_point(plan: BuildPlan, name: str, settings: dict[str, Any]) -> PointRes
     try:
         with OutputLock(plan.out), open(log, "w", encoding="utf-8") as fh, \
                 contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-            trained, report = _build_point(plan)
+            trained, report, evaluated = _build_point(plan)
         metrics = point_metrics(report)
-        return PointResult(name=name, settings=settings, ok=True, trained=trained,
+        return PointResult(name=name, settings=settings, ok=True, trained=trained, evaluated=evaluated,
                            seconds=round(time.perf_counter() - t0, 1), **metrics)
     except UserError as exc:  # SpecError and BuildError included
         error = str(exc)
