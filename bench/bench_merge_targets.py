@@ -68,7 +68,7 @@ def main() -> int:
         grid = [a for a in args.grid if a != "--"] or DEFAULT_GRID
         cmd = [sys.executable, "-m", "traitgraph", "sweep", args.specs, "-o", args.out, *grid]
         print("$ " + " ".join(cmd), flush=True)
-        if subprocess.run(cmd).returncode not in (0, 1):
+        if subprocess.run(cmd, check=False).returncode not in (0, 1):
             return 2
     sweep = json.loads((Path(args.out) / "sweep" / "sweep.json").read_text(encoding="utf-8"))
     good = []

@@ -38,17 +38,17 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def trimmed_vector(path: Path, options: "MergeOptions", node_id: str, n_nodes: int) -> dict[str, "torch.Tensor"]:
+def trimmed_vector(path: Path, options: MergeOptions, node_id: str, n_nodes: int) -> dict[str, torch.Tensor]:
     """Every tensor of the τ file at ``path`` after the merge's own sparsification for ``node_id``."""
     from traitgraph.compiler.task_vector import open_task_vector
     from traitgraph.linker.merging.own_trim import own_trim
 
     with open_task_vector(path) as tv:
-        return {name: own_trim(options, tv.get_tensor(name), name, node_id, n_nodes) for name in tv.keys()}
+        return {name: own_trim(options, tv.get_tensor(name), name, node_id, n_nodes) for name in tv.keys()}  # noqa: SIM118 (a safetensors handle)
 
 
 @contextlib.contextmanager
-def tensors_applied(model, layers: Sequence[tuple[dict[str, "torch.Tensor"], float]]) -> Iterator[None]:
+def tensors_applied(model, layers: Sequence[tuple[dict[str, torch.Tensor], float]]) -> Iterator[None]:
     """``W += α·τ`` for each ``(tensors, α)`` inside the block; the weights are copied back after."""
     import torch
 
@@ -101,7 +101,7 @@ def score_trimmed(model, tokenizer, spec, order: list[str], vectors: dict[str, P
     return out
 
 
-def _all_tensors(path: Path) -> dict[str, "torch.Tensor"]:
+def _all_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
@@ -196,5 +196,15 @@ def lost_in_words(retention) -> str:
     return f"**Lost: {len(lost)} of {answered} general prompts** the base answers: {items}. {text}."
 
 
-__all__: list[Any] = ["headline", "kept_table", "lost_in_words", "prompts_gate_message", "mean_kept", "ratio", "score_trimmed", "tensors_applied",
-                      "trimmed_vector", "with_trimmed"]
+__all__: list[Any] = [
+    "headline",
+    "kept_table",
+    "lost_in_words",
+    "mean_kept",
+    "prompts_gate_message",
+    "ratio",
+    "score_trimmed",
+    "tensors_applied",
+    "trimmed_vector",
+    "with_trimmed",
+]

@@ -26,11 +26,16 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from traitgraph.builder.cache import VectorCache
-from traitgraph.builder.plan import BuildPlan, OutputLayout, OutputLock, base_fingerprint_of
+from traitgraph.builder.plan import (
+    BuildPlan,
+    OutputLayout,
+    OutputLock,
+    base_fingerprint_of,
+)
 from traitgraph.errors import UserError
+from traitgraph.evaluate.sweep_grid import apply_point, grid, parse_set
 from traitgraph.graph import load_specs
 from traitgraph.graph.hashing import node_hashes
-from traitgraph.evaluate.sweep_grid import apply_point, grid, parse_set
 
 SWEEP_DIR = "sweep"
 
@@ -128,7 +133,7 @@ def _run_point(plan: BuildPlan, name: str, settings: dict[str, Any]) -> PointRes
                            seconds=round(time.perf_counter() - t0, 1), **metrics)
     except UserError as exc:  # SpecError and BuildError included
         error = str(exc)
-    except Exception as exc:  # a bug or a broken point: keep the traceback in the point's log
+    except Exception as exc:  # noqa: BLE001 (a broken point is reported, not fatal; traceback in its log)
         with open(log, "a", encoding="utf-8") as fh:
             traceback.print_exc(file=fh)
         error = f"{type(exc).__name__}: {exc} (traceback in {log})"

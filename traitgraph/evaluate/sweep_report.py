@@ -47,9 +47,11 @@ def render_sweep_markdown(sweep) -> str:
     lines = [
         f"# Sweep of {sweep.specs}",
         "",
-        "kept = directed linked gain / directed gain of the node alone (mean and worst node); "
-        "general text = loss change against the base; prompts = general prompts the base "
-        "answers that the point still answers. ★ = on the Pareto front (kept up, loss change down).",
+        (
+            "kept = directed linked gain / directed gain of the node alone (mean and worst node); "
+            "general text = loss change against the base; prompts = general prompts the base "
+            "answers that the point still answers. ★ = on the Pareto front (kept up, loss change down)."
+        ),
         "",
         "| point | " + " | ".join(f"`{p}`" for p in sweep.paths)
         + " | mean kept | min kept | general text | prompts | gates | s |",
@@ -67,7 +69,7 @@ def render_sweep_markdown(sweep) -> str:
             f"| {name} | {values} | {_cell(p.mean_kept, '.2f')} | {_cell(p.min_kept, '.2f')} | "
             f"{_cell(p.loss_change_pct, '+.2f')}% | {p.prompts_kept} | {gates} | {p.seconds:.0f} |"
         )
-    lines += ["", f"Each point's report: `sweep/<point>/report.md`; its build log: `sweep/<point>/sweep.log`.", ""]
+    lines += ["", "Each point's report: `sweep/<point>/report.md`; its build log: `sweep/<point>/sweep.log`.", ""]
     return "\n".join(lines)
 
 

@@ -29,7 +29,13 @@ from collections.abc import Sequence
 
 import torch
 
-from traitgraph.linker.merging.tsv import WORK, finish, mean, orthogonal_factor, weighted
+from traitgraph.linker.merging.tsv import (
+    WORK,
+    finish,
+    mean,
+    orthogonal_factor,
+    weighted,
+)
 
 
 def iso_c(task_tensors: Sequence[torch.Tensor], weights: Sequence[float], lambda_: float = 1.0) -> torch.Tensor:

@@ -37,7 +37,6 @@ from collections.abc import Sequence
 
 import torch
 
-
 #: The SVD methods compute in float64 (the SVDs of near-degenerate spectra lose digits in
 #: float32) and return float32 like every merge method.
 WORK = torch.float64
