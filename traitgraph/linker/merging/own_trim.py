@@ -27,6 +27,7 @@ from traitgraph.linker.merging.dare import derive_seed, drop_and_rescale
 from traitgraph.linker.merging.della import magprune
 from traitgraph.linker.merging.registry import MergeOptions
 from traitgraph.linker.merging.ties import trim
+from traitgraph.linker.merging.tsv import top_triplets
 
 
 def low_rank(tau: torch.Tensor, rank: int) -> torch.Tensor:
@@ -36,8 +37,8 @@ def low_rank(tau: torch.Tensor, rank: int) -> torch.Tensor:
     tensor([[3., 0.],
             [0., 0.]])
     """
-    u, s, vt = torch.linalg.svd(tau.to(torch.float64), full_matrices=False)
-    return ((u[:, :rank] * s[:rank]) @ vt[:rank, :]).to(torch.float32)
+    u, s, vt = top_triplets(tau.to(torch.float64), rank)
+    return ((u * s) @ vt).to(torch.float32)
 
 
 def own_trim(options: MergeOptions, tau: torch.Tensor, tensor_name: str, node_id: str, n_nodes: int,
