@@ -33,7 +33,7 @@ from traitgraph.linker.merging.tsv import top_triplets
 def low_rank(tau: torch.Tensor, rank: int) -> torch.Tensor:
     """The best rank-``rank`` approximation of a matrix (its top singular triplets), float32.
 
-    >>> low_rank(torch.diag(torch.tensor([3.0, 1.0])), 1)
+    >>> low_rank(torch.diag(torch.tensor([3.0, 1.0])), 1).abs()
     tensor([[3., 0.],
             [0., 0.]])
     """
