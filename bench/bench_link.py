@@ -4,6 +4,7 @@
     python bench/bench_link.py --methods ours,ours-yaml,mergekit,naive --counts 2
     python bench/bench_link.py --models smollm2,random --random-params 0.5B --counts 2,4
     python bench/bench_link.py --work /tmp/bench-link --keep  # keep the generated models
+    python bench/bench_link.py --methods ours --counts 6 --merge-method tsv_m   # another merge method
 
 Every run is a fresh subprocess; its wall time and peak resident memory
 (``ru_maxrss`` from ``os.wait4``) are measured from outside. All runs merge
@@ -161,7 +162,8 @@ def run_ours(args: argparse.Namespace) -> None:
 
     spec = json.loads(args.spec)
     inputs = [LinkInput(f"node{i}", Path(p), w) for i, (p, w) in enumerate(zip(spec["vectors"], spec["weights"]))]
-    settings = MergeSettings(method="ties", density=DENSITY, normalize="weights")  # = mergekit's for w > 0
+    method = spec.get("merge_method", "ties")
+    settings = MergeSettings(method=method, density=DENSITY, normalize="weights")  # = mergekit's for w > 0
     link_checkpoint(Path(spec["base"]), inputs, settings, Path(spec["out"]), progress=False)
 
 
@@ -258,6 +260,8 @@ def main() -> int:
     parser.add_argument("--no-skip", action="store_true",
                         help="run even what the memory estimate says will not fit (the launcher still stops it "
                              "when less than 2 GiB is left)")
+    parser.add_argument("--merge-method", default="ties",
+                        help="merge method of the `ours` runs (default ties; mergekit and naive always run TIES)")
     parser.add_argument("--run", choices=["ours", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -295,7 +299,8 @@ def main() -> int:
                 weights = [round(1.0 - 0.1 * i, 2) for i in range(n)]
                 yaml = mwork / f"ties-{n}.yaml"
                 write_yaml(yaml, base, tuned[:n], weights)
-                spec = {"base": str(base), "vectors": [str(v) for v in vectors[:n]], "weights": weights}
+                spec = {"base": str(base), "vectors": [str(v) for v in vectors[:n]], "weights": weights,
+                        "merge_method": args.merge_method}
                 result = {"model": model, "n": n, "model_mib": model_mib}
                 for method in methods:
                     out = mwork / f"out-{method}-{n}"

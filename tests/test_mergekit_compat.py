@@ -68,6 +68,30 @@ models:
     parameters: {weight: -0.3}
 dtype: float32
 """,
+    "breadcrumbs": """
+merge_method: breadcrumbs
+base_model: ./base
+models:
+  - model: ./ft0
+    parameters: {weight: 0.6, density: 0.5, gamma: 0.05}
+  - model: ./ft1
+    parameters: {weight: -0.3, density: 0.8, gamma: 0.05}
+parameters: {lambda: 1.1}
+dtype: float32
+""",
+    "breadcrumbs_ties": """
+merge_method: breadcrumbs_ties
+base_model: ./base
+models:
+  - model: ./ft0
+    parameters: {weight: 0.7, density: 0.4}
+  - model: ./ft1
+    parameters: {weight: 0.5, density: 0.6}
+  - model: ./ft2
+    parameters: {weight: 1.2}
+parameters: {normalize: true, density: 0.5, gamma: 0.02}
+dtype: float32
+""",
 }
 
 
@@ -92,7 +116,9 @@ def run_mergekit(models: Path, method: str, cli: bool) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:numpy.core is deprecated:DeprecationWarning")
-@pytest.mark.parametrize("method, cli", [("ties", True), ("task_arithmetic", False)])
+@pytest.mark.parametrize(
+    "method, cli", [("ties", True), ("task_arithmetic", False), ("breadcrumbs", False), ("breadcrumbs_ties", False)]
+)
 def test_equals_mergekit_yaml_end_to_end(models, method, cli, monkeypatch, capsys):
     monkeypatch.chdir(models)
     run_mergekit(models, method, cli)
@@ -152,3 +178,39 @@ def test_missing_weight_and_missing_model_are_user_errors(models, monkeypatch, c
 def _write(directory: Path, name: str, text: str) -> Path:
     (directory / name).write_text(text)
     return directory / name
+
+
+DELLA = """
+merge_method: della
+base_model: ./base
+models:
+  - model: ./ft0
+    parameters: {weight: 0.7, density: 0.4, epsilon: 0.1}
+  - model: ./ft1
+    parameters: {weight: 0.5, density: 0.6, epsilon: 0.1}
+parameters: {lambda: 1.2, rescale: false}
+dtype: float32
+"""
+
+
+def test_della_options_are_read_and_its_own_mask_is_announced(models, monkeypatch, capsys):
+    monkeypatch.chdir(models)
+    _, inputs, options, warnings = plan_merge(load_mergekit_config(_write(models, "della.yaml", DELLA)))
+    assert (options.method, options.epsilon, options.rescale, options.lambda_) == ("della", 0.1, False, 1.2)
+    assert options.normalize == "signed_weights"  # mergekit's della normalizes by default
+    assert [i.density for i in inputs] == [0.4, 0.6]
+    assert main(["merge", "della.yaml", "ours-della", "--no-progress"]) == 0
+    assert "DELLA's drop mask is traitgraph's own" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("parameters: {lambda: 1.2, rescale: false}", "parameters: {gamma: 0.1}",
+         r"key 'parameters.gamma' is not supported by traitgraph merge for merge_method 'della'"),
+        ("density: 0.6, epsilon: 0.1", "density: 0.6, epsilon: 0.2", r"'epsilon' differs between models"),
+    ],
+)
+def test_della_option_mistakes_name_the_key(models, old, new, message):
+    with pytest.raises(UserError, match=message):
+        load_mergekit_config(_write(models, "bad-della.yaml", DELLA.replace(old, new)))

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "eval": "evaluate a built checkpoint against its specs",
     "test": "run the behaviour tests (expect: on eval and ood cases) on the build or the base",
     "report": "regenerate the build report",
+    "sweep": "build and evaluate a grid of spec settings (merge method, weights, ...)",
     "chat": "talk to a built model",
     "init": "start a new personality (commented specs and JSON Schemas)",
     "new": "add a node file with every field commented",

@@ -3,8 +3,9 @@
     traitgraph merge CONFIG.yaml OUT_DIR [--seed N] [--max-shard-size 2GB]
 
 Reads the task-arithmetic subset of mergekit's config (merge_method ties,
-task_arithmetic, dare_ties or dare_linear; base_model; models with weight and
-density; normalize, lambda, int8_mask; dtype). Models are local Hugging Face
+task_arithmetic, dare_ties, dare_linear, della, breadcrumbs or
+breadcrumbs_ties; base_model; models with weight, density, gamma, epsilon;
+normalize, lambda, int8_mask, rescale; dtype). Models are local Hugging Face
 directories (τ = their weights − the base's, computed tensor by tensor) or
 traitgraph task-vector files. A key traitgraph does not support is an error
 naming it, where mergekit would silently ignore it.
@@ -19,7 +20,7 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="mergekit-style YAML file")
     parser.add_argument("out_dir", help="output directory (replaced atomically if it holds a checkpoint)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of DARE's drop mask (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of DARE's and DELLA's drop masks (default 0)")
     parser.add_argument("--max-shard-size", default="2GB", help="largest output shard, e.g. 500MB (default 2GB)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -117,6 +117,22 @@ class NodeResult(_Model):
         description="directed gain linked / directed gain alone: how much of the node's effect the merge "
         "kept (undefined when the node alone did not move as intended).",
     )
+    trimmed: ModelScore | None = Field(
+        default=None, description="Under base + w·own_trim(τ): the merge's own sparsification of this node alone."
+    )
+    gain_trimmed: float | None = Field(default=None, description="measure(base + w·own_trim(τ)) − measure(base).")
+    kept_by_trim: float | None = Field(
+        default=None, description="directed gain trimmed / directed gain alone: what the node's own trim kept."
+    )
+    kept_by_merge: float | None = Field(
+        default=None, description="directed gain linked / directed gain trimmed: what combining with the others kept."
+    )
+    gain_joint: float | None = Field(
+        default=None, description="measure(base + τ_joint) − measure(base) (eval.joint_reference)."
+    )
+    kept_of_joint: float | None = Field(
+        default=None, description="directed gain linked / directed gain under the joint reference."
+    )
     cases: list[CaseRow] = Field(default_factory=list)
     samples: list[Sample] = Field(default_factory=list)
     training: TrainingTrace | None = None
@@ -265,6 +281,13 @@ class EvalReport(_Model):
     def failures(self) -> list[Gate]:
         return [g for g in self.gates if not g.passed]
 
+    @computed_field
+    @property
+    def mean_kept(self) -> float | None:
+        """The mean of the nodes' ``kept``: the report's headline."""
+        values = [n.kept for n in self.nodes if n.kept is not None]
+        return sum(values) / len(values) if values else None
+
 
 def read_report(path: str | Path) -> EvalReport:
     """Load ``report.json``; a missing or foreign file is a :class:`BuildError`."""
@@ -311,6 +334,11 @@ def check_gates(
                 message=f"node '{node.id}': directed gain {g:+.2f} {'>=' if ok else '<'} {floor:.2f}",
             )
         )
+    if retention.prompts:  # forgetting that the loss hides: facts the base knew
+        from traitgraph.evaluate.honest import prompts_gate_message
+
+        lost, allowed = len(retention.lost), settings.max_general_prompts_lost
+        gates.append(Gate(name="prompts", passed=lost <= allowed, message=prompts_gate_message(retention, allowed)))
     return gates
 
 
@@ -410,6 +438,9 @@ def render_markdown(report: EvalReport) -> str:
         f"({report.threads} thread{'s' if report.threads != 1 else ''}).",
         "",
     ]
+    from traitgraph.evaluate.honest import headline, kept_table
+
+    out += [*headline(report), "", *kept_table(report), ""]
     out += [f"- note: {n}" for n in report.notes]
     out += ["", "## Gates", "", gates_table(report), ""]
     if "graph" in fig:

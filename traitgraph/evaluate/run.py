@@ -46,6 +46,8 @@ from traitgraph.evaluate.behaviour_tests import (
     answer_tests,
     behaviour_tests_of_build,
 )
+from traitgraph.evaluate.honest import score_trimmed, with_trimmed
+from traitgraph.evaluate.joint import joint_reference_cases, with_joint
 from traitgraph.evaluate.report import (
     FIGURES_DIR,
     REPORT_JSON,
@@ -547,6 +549,12 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
             with vectors_applied(model, applied):
                 alone_cases[n] = ModelScorer(model, tokenizer, memo).cases(cases)
             memo.save()
+    with clock.phase("score each node trimmed"):  # the merge's own trim of each node, alone
+        trimmed_cases = score_trimmed(model, tokenizer, spec, order, vectors, lock, memo_dir, base_ref.fingerprint)
+    joint_cases: dict[str, list] = {}
+    if settings.joint_reference:
+        with clock.phase("joint reference"):
+            joint_cases = joint_reference_cases(plan, model, tokenizer, order, memo_dir, base_ref, notes)
     del model, scorer
 
     with clock.phase("load linked checkpoint"):
@@ -580,6 +588,7 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
         _with_ood(spec, n, by_id[n].weight, base_cases[n], alone_cases[n], linked_cases[n], samples_of[n], traces[n])
         for n in order
     ]
+    nodes = [with_joint(with_trimmed(node, trimmed_cases.get(node.id)), joint_cases.get(node.id)) for node in nodes]
     text_path = general_text_file(spec)
     retention = Retention(
         text_source="shipped" if text_path is None else str(text_path),

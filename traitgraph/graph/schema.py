@@ -286,7 +286,10 @@ class TrainingOverrides(Strict):
         return TrainingSettings.model_validate(merged)
 
 
-MergeMethodName = Literal["ties", "task_arithmetic", "dare_ties", "dare_linear"]
+MergeMethodName = Literal[
+    "ties", "task_arithmetic", "dare_ties", "dare_linear",
+    "della", "breadcrumbs", "breadcrumbs_ties", "tsv_m", "iso_c", "iso_cts",
+]
 
 
 class MergeSettings(Strict):
@@ -298,7 +301,7 @@ class MergeSettings(Strict):
 
     method: MergeMethodName = Field(default="ties", description="Registry name of the merge method.")
     density: float = Field(
-        default=0.2, gt=0.0, le=1.0, description="Fraction of each τ kept by the trim (TIES/DARE)."
+        default=0.2, gt=0.0, le=1.0, description="Fraction of each τ kept by the trim (TIES, DARE, DELLA, Breadcrumbs)."
     )
     lambda_: float = Field(
         default=1.0, alias="lambda", gt=0.0, description="Scale applied to the merged task vector."
@@ -314,7 +317,32 @@ class MergeSettings(Strict):
             "agreeing |w| (mergekit when all weights are positive), or `none`. Linear methods ignore it."
         ),
     )
-    seed: int = Field(default=0, ge=0, description="Seed of DARE's drop mask.")
+    seed: int = Field(default=0, ge=0, description="Seed of DARE's and DELLA's drop masks.")
+    epsilon: float = Field(
+        default=0.15, gt=0.0, lt=0.5,
+        description="DELLA: keep probabilities run from density − epsilon (smallest |τ| of a row) to density + epsilon.",
+    )
+    gamma: float = Field(
+        default=0.01, ge=0.0, lt=1.0,
+        description="Breadcrumbs: fraction of each τ's largest entries dropped (density is the fraction kept).",
+    )
+    rescale: bool = Field(
+        default=True, description="DELLA: rescale each pruned τ to its original L1 norm (as mergekit)."
+    )
+    common_space_fraction: float = Field(
+        default=0.8, ge=0.0, le=1.0,
+        description="Iso-CTS: share of each matrix's rank given to the common subspace of the summed τ.",
+    )
+
+    @model_validator(mode="after")
+    def _della_probabilities(self) -> "MergeSettings":
+        inside = 0.0 < self.density - self.epsilon and self.density + self.epsilon < 1.0
+        if self.method == "della" and self.density < 1.0 and not inside:
+            raise ValueError(
+                f"della keeps entries with probability density ± epsilon, which must lie in (0, 1); "
+                f"density {self.density}, epsilon {self.epsilon}: lower epsilon"
+            )
+        return self
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Output dtype; `auto` keeps the base's."
     )
@@ -328,8 +356,17 @@ class EvalSettings(Strict):
     """Evaluation and its gates (see README, "Evaluation")."""
 
     max_retention_loss_pct: float = Field(
-        default=10.0, ge=0.0,
+        default=1.0, ge=0.0,
         description="Fail the build when general-text loss rises by more than this percent.",
+    )
+    max_general_prompts_lost: int = Field(
+        default=0, ge=0,
+        description="Fail the build when it loses more than this many general prompts the base answers.",
+    )
+    joint_reference: bool = Field(
+        default=False,
+        description="Also train one task vector on every positive node's examples together (the summed steps, "
+        "cached like a node) and report each node's linked gain as a fraction of its gain under it.",
     )
     min_behaviour_gain: float = Field(
         default=0.0,

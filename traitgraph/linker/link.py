@@ -50,7 +50,7 @@ import torch
 from safetensors import safe_open
 
 from traitgraph.atomic import sha256_file
-from traitgraph.linker.merging import MergeOptions, TensorMerge, derive_seed
+from traitgraph.linker.merging import MergeOptions, TensorMerge, derive_seed, get_method, merge_whole
 from traitgraph.compiler.task_vector import open_task_vector, read_task_vector_meta
 from traitgraph.errors import BuildError, UserError
 
@@ -376,6 +376,16 @@ def row_chunks(info: TensorInfo) -> Iterator[tuple[int, int, int]]:
         yield r0, min(rows, r0 + step), r0 * per_row
 
 
+def _whole_tau(name: str, info: TensorInfo, base: TensorFiles, source: _Source) -> torch.Tensor:
+    """One input's whole τ of tensor ``name`` (float32, the tensor's shape), read chunk by chunk."""
+    tau = torch.empty(info.numel, dtype=torch.float32)
+    for r0, r1, start in row_chunks(info):
+        base_rows = base.read_rows(name, r0, r1).to(torch.float32) if source.minus_base else None
+        rows = source.tau_rows(name, r0, r1, base_rows)
+        tau[start : start + rows.numel()] = rows.reshape(-1)
+    return tau.reshape(info.shape)
+
+
 def _merge_tensor(
     name: str,
     info: TensorInfo,
@@ -390,13 +400,18 @@ def _merge_tensor(
         for r0, r1, _ in row_chunks(info):
             writer.write(base.read_rows(name, r0, r1).to(out_dtype))
         return
-    merge = TensorMerge(
-        options,
-        weights=[s.input.weight for s in sources],
-        numel=info.numel,
-        densities=[s.input.density if s.input.density is not None else options.density for s in sources],
-        seeds=[derive_seed(options.seed, name, s.input.name) for s in sources],
-    )
+    weights = [s.input.weight for s in sources]
+    densities = [s.input.density if s.input.density is not None else options.density for s in sources]
+    seeds = [derive_seed(options.seed, name, s.input.name) for s in sources]
+    if get_method(options.method).whole:  # SVD, row ranks or a sort: every input's whole tensor at once
+        taus = [_whole_tau(name, info, base, s) if s.has(name) else None for s in sources]
+        delta = merge_whole(options, taus, weights, densities, seeds).reshape(-1)
+        del taus
+        for r0, r1, start in row_chunks(info):
+            base_rows = base.read_rows(name, r0, r1).to(torch.float32)
+            writer.write((base_rows + delta[start : start + base_rows.numel()].reshape(base_rows.shape)).to(out_dtype))
+        return
+    merge = TensorMerge(options, weights=weights, numel=info.numel, densities=densities, seeds=seeds)
     if merge.needs_magnitudes:  # TIES: fit each vector's trim threshold on its whole |τ|
         for index, source in enumerate(sources):
             if not source.has(name):

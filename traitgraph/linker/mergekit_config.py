@@ -4,23 +4,30 @@ Supported (everything else is an error naming the key; mergekit silently
 drops keys it does not know)::
 
     merge_method: ties            # ties | task_arithmetic | dare_ties | dare_linear
+                                  # | della | breadcrumbs | breadcrumbs_ties
     base_model: ./base            # a local Hugging Face directory (safetensors)
     models:
       - model: ./fine-tuned-a     # a local HF directory (τ = its weights − base),
         parameters:               # or a traitgraph task vector (.safetensors file)
           weight: 0.7
           density: 0.3            # per model; default 1.0, as in mergekit
+          gamma: 0.01             # breadcrumbs: fraction of largest entries dropped
+          epsilon: 0.15           # della: keep probability spread (density ± epsilon)
       - model: ./base             # the base itself may be listed; it is skipped
     parameters:                   # weight and density here apply to every model
       normalize: true             # default: true for ties, false otherwise
       lambda: 1.0
       int8_mask: false            # accepted; only changes mergekit's memory use
+      rescale: true               # della only (L1 norm kept after the drop); default true
     dtype: float32                # output dtype; default: the base's
 
 Paths are resolved from the current directory, as mergekit does; hub ids are
 not supported (download first). With the same YAML and local models the
 output equals ``mergekit-yaml``'s to float32 rounding for ``ties`` and
-``task_arithmetic``. Differences, on purpose:
+``task_arithmetic``, ``breadcrumbs`` and ``breadcrumbs_ties`` (mergekit breaks
+ties among equal magnitudes with its own sort; we keep the first in flat
+order). ``gamma`` and ``epsilon`` may be given per model but must then be
+equal for every model (one value per merge here). Differences, on purpose:
 
 * We always compute in float32 and cast at the end; mergekit computes in
   ``dtype``, so for bfloat16/float16 our result is the more exact one.
@@ -30,6 +37,9 @@ output equals ``mergekit-yaml``'s to float32 rounding for ``ties`` and
 * DARE's drop mask is ours (seeded with ``--seed``) and rescales by
   1/density as in the paper; mergekit's mask is unseeded and it rescales to
   keep the L1 norm. DARE merges therefore differ from mergekit's.
+* DELLA's drop mask is ours too (seeded; the keep probabilities and the L1
+  rescale are mergekit's), so DELLA merges differ from mergekit's in which
+  entries are dropped, not in the formula.
 """
 
 from __future__ import annotations
@@ -44,9 +54,14 @@ from traitgraph.linker.link import LinkInput, link
 from traitgraph.linker.merging import MergeOptions
 from traitgraph.errors import UserError, field_path
 
-SUPPORTED_METHODS = ("ties", "task_arithmetic", "dare_ties", "dare_linear")
+SUPPORTED_METHODS = ("ties", "task_arithmetic", "dare_ties", "dare_linear", "della", "breadcrumbs", "breadcrumbs_ties")
 #: mergekit's default for ``normalize`` per method (its registry's ``default_normalize``).
-DEFAULT_NORMALIZE = {"ties": True, "task_arithmetic": False, "dare_ties": False, "dare_linear": False}
+DEFAULT_NORMALIZE = {
+    "ties": True, "task_arithmetic": False, "dare_ties": False, "dare_linear": False,
+    "della": True, "breadcrumbs": False, "breadcrumbs_ties": False,
+}
+#: The methods each per-model option belongs to (mergekit accepts it only for them).
+OPTION_METHODS = {"gamma": ("breadcrumbs", "breadcrumbs_ties"), "epsilon": ("della",), "rescale": ("della",)}
 
 
 class _Strict(BaseModel):
@@ -58,6 +73,8 @@ class ModelParameters(_Strict):
 
     weight: float | None = Field(default=None, description="The model's weight w_i (may be negative).")
     density: float | None = Field(default=None, gt=0.0, le=1.0, description="Fraction of its τ kept.")
+    gamma: float | None = Field(default=None, ge=0.0, lt=1.0, description="Breadcrumbs: largest fraction dropped.")
+    epsilon: float | None = Field(default=None, gt=0.0, lt=0.5, description="DELLA: keep-probability spread.")
 
 
 class ModelEntry(_Strict):
@@ -75,6 +92,9 @@ class GlobalParameters(_Strict):
     int8_mask: bool = Field(default=False, description="mergekit memory option; no effect here.")
     weight: float | None = Field(default=None, description="Default weight of every model.")
     density: float | None = Field(default=None, gt=0.0, le=1.0, description="Default density of every model.")
+    gamma: float | None = Field(default=None, ge=0.0, lt=1.0, description="Breadcrumbs: largest fraction dropped.")
+    epsilon: float | None = Field(default=None, gt=0.0, lt=0.5, description="DELLA: keep-probability spread.")
+    rescale: bool | None = Field(default=None, description="DELLA: keep each pruned τ's L1 norm.")
 
 
 class MergekitConfig(_Strict):
@@ -116,6 +136,7 @@ def load_mergekit_config(path: str | os.PathLike) -> MergekitConfig:
             f"{path}: merge_method '{config.merge_method}' is not supported by traitgraph merge; "
             f"supported: {', '.join(SUPPORTED_METHODS)}"
         )
+    _check_method_options(config, str(path))
     return config
 
 
@@ -158,6 +179,8 @@ def plan_merge(config: MergekitConfig, where: str = "config", seed: int = 0) -> 
         warnings.append(
             "DARE's drop mask is traitgraph's own (seeded, rescaled by 1/density); the result differs from mergekit's"
         )
+    if config.merge_method == "della":
+        warnings.append("DELLA's drop mask is traitgraph's own (seeded); which entries are dropped differs from mergekit's")
     options = MergeOptions(
         method=config.merge_method,
         density=1.0,
@@ -165,8 +188,36 @@ def plan_merge(config: MergekitConfig, where: str = "config", seed: int = 0) -> 
         sign_vote="weighted",
         normalize="signed_weights" if normalize else "none",
         seed=seed,
+        **_method_options(config),
     )
     return base, inputs, options, warnings
+
+
+def _check_method_options(config: MergekitConfig, where: str) -> None:
+    """gamma, epsilon and rescale only where mergekit accepts them; each one value for all models."""
+    for key, methods in OPTION_METHODS.items():
+        places = [("parameters", getattr(config.parameters, key))]
+        places += [(f"models[{i}].parameters", getattr(e.parameters, key, None)) for i, e in enumerate(config.models)]
+        given = [(place, value) for place, value in places if value is not None]
+        if given and config.merge_method not in methods:
+            raise UserError(
+                f"{where}: key '{given[0][0]}.{key}' is not supported by traitgraph merge for merge_method "
+                f"'{config.merge_method}' (only {', '.join(methods)})"
+            )
+        if len({value for _, value in given}) > 1:
+            raise UserError(
+                f"{where}: '{key}' differs between models ({', '.join(f'{p}.{key}={v}' for p, v in given)}); "
+                "traitgraph merge uses one value for all models"
+            )
+
+
+def _method_options(config: MergekitConfig) -> dict:
+    """gamma, epsilon and rescale as given (checked by :func:`_check_method_options`), or mergekit's defaults."""
+    options = {"gamma": 0.01, "epsilon": 0.15, "rescale": True}
+    for key in options:
+        values = [getattr(config.parameters, key)] + [getattr(e.parameters, key, None) for e in config.models]
+        options[key] = next((v for v in values if v is not None), options[key])
+    return options
 
 
 def run_merge(

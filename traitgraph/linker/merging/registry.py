@@ -10,7 +10,21 @@ name                 sparsify          combine                     paper
 ``ties``             top-k magnitude   elect sign, disjoint mean   Yadav et al. 2023
 ``dare_ties``        random drop       elect sign, disjoint mean   Yu et al. 2023
 ``dare_linear``      random drop       λ · Σ w_i τ̃_i               Yu et al. 2023
+``della``            rank-weighted     elect sign, disjoint mean   Deep et al. 2024
+                     random drop
+``breadcrumbs``      drop largest and  λ · Σ w_i τ̃_i               Davari & Belilovsky 2023
+                     smallest
+``breadcrumbs_ties`` as breadcrumbs    elect sign, disjoint mean   Davari & Belilovsky 2023
+``tsv_m``            top ⌊k/n⌋ singu-  whitened sum of the low-    Gargiulo et al. 2025
+                     lar triplets      rank task matrices
+``iso_c``            none              flat spectrum of Σ w_i τ_i  Marczak et al. 2025
+``iso_cts``          common + per-     flat spectrum               Marczak et al. 2025
+                     task subspaces
 ===================  ================  ==========================  ======================
+
+The last five need each input's whole tensor (a row rank, a sort, or an SVD):
+:func:`merge_whole` runs them on one tensor at a time, all inputs' copies of
+that tensor in memory together (n × the largest tensor), never the whole model.
 
 :class:`TensorMerge` computes any of them over one tensor in row chunks,
 reading one chunk of every task vector at a time, so the linker's memory is
@@ -27,7 +41,10 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from traitgraph.linker.merging.breadcrumbs import breadcrumbs, breadcrumbs_ties
 from traitgraph.linker.merging.dare import dare_linear, dare_ties, drop_and_rescale
+from traitgraph.linker.merging.della import della
+from traitgraph.linker.merging.iso import iso_c, iso_cts
 from traitgraph.linker.merging.task_arithmetic import (
     NORMALIZE_CHOICES,
     Normalize,
@@ -36,6 +53,7 @@ from traitgraph.linker.merging.task_arithmetic import (
     task_arithmetic,
 )
 from traitgraph.linker.merging.ties import SIGN_VOTE_CHOICES, DisjointMerge, MagnitudeTrim, SignVote, ties
+from traitgraph.linker.merging.tsv import tsv_m
 from traitgraph.errors import UserError
 
 if TYPE_CHECKING:
@@ -44,13 +62,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class MergeMethod:
-    """One registered method: how it sparsifies, whether it elects signs, its paper."""
+    """One registered method: how it sparsifies, whether it elects signs, its paper, and
+    whether it needs each input's whole tensor at once (``whole``: see :func:`merge_whole`)."""
 
     name: str
-    sparsify: Literal["none", "magnitude", "random"]
+    sparsify: Literal["none", "magnitude", "random", "outliers", "magprune", "spectral"]
     consensus: bool
     paper: str
     function: Callable[..., torch.Tensor]
+    whole: bool = False
 
 
 METHODS: dict[str, MergeMethod] = {
@@ -60,6 +80,14 @@ METHODS: dict[str, MergeMethod] = {
         MergeMethod("ties", "magnitude", True, "Yadav et al. 2023, arXiv 2306.01708", ties),
         MergeMethod("dare_ties", "random", True, "Yu et al. 2023, arXiv 2311.03099", dare_ties),
         MergeMethod("dare_linear", "random", False, "Yu et al. 2023, arXiv 2311.03099", dare_linear),
+        MergeMethod("della", "magprune", True, "Deep et al. 2024, arXiv 2406.11617", della, whole=True),
+        MergeMethod("breadcrumbs", "outliers", False, "Davari & Belilovsky 2023, arXiv 2312.06795", breadcrumbs, whole=True),
+        MergeMethod(
+            "breadcrumbs_ties", "outliers", True, "Davari & Belilovsky 2023, arXiv 2312.06795", breadcrumbs_ties, whole=True
+        ),
+        MergeMethod("tsv_m", "spectral", False, "Gargiulo et al. 2025, arXiv 2412.00081", tsv_m, whole=True),
+        MergeMethod("iso_c", "spectral", False, "Marczak et al. 2025, arXiv 2502.04959", iso_c, whole=True),
+        MergeMethod("iso_cts", "spectral", False, "Marczak et al. 2025, arXiv 2502.04959", iso_cts, whole=True),
     )
 }
 
@@ -84,11 +112,21 @@ class MergeOptions:
     sign_vote: SignVote = "weighted"
     normalize: Normalize = "count"
     seed: int = 0
+    epsilon: float = 0.15
+    gamma: float = 0.01
+    rescale: bool = True
+    common_space_fraction: float = 0.8
 
     def __post_init__(self) -> None:
         get_method(self.method)
         if not 0.0 < self.density <= 1.0:
             raise UserError(f"density must be in (0, 1], got {self.density}")
+        if not 0.0 <= self.gamma < 1.0:
+            raise UserError(f"gamma must be in [0, 1), got {self.gamma}")
+        if not 0.0 <= self.common_space_fraction <= 1.0:
+            raise UserError(f"common_space_fraction must be in [0, 1], got {self.common_space_fraction}")
+        if self.method == "della":
+            check_della_epsilon(self.density, self.epsilon)
         if self.sign_vote not in SIGN_VOTE_CHOICES:
             raise UserError(f"sign_vote must be one of {', '.join(SIGN_VOTE_CHOICES)}, got {self.sign_vote!r}")
         if self.normalize not in NORMALIZE_CHOICES:
@@ -107,7 +145,63 @@ class MergeOptions:
             sign_vote=settings.sign_vote,
             normalize="none" if linear else settings.normalize,
             seed=settings.seed,
+            epsilon=settings.epsilon,
+            gamma=settings.gamma,
+            rescale=settings.rescale,
+            common_space_fraction=settings.common_space_fraction,
         )
+
+
+def check_della_epsilon(density: float, epsilon: float) -> None:
+    """DELLA's keep probabilities density ± ε must lie in (0, 1) (unless density is 1: no drop)."""
+    if density < 1.0 and not (0.0 < density - epsilon and density + epsilon < 1.0):
+        raise UserError(
+            f"della: epsilon {epsilon} with density {density} puts a keep probability outside (0, 1); "
+            f"choose epsilon < {min(density, 1.0 - density):g}"
+        )
+
+
+def merge_whole(
+    options: MergeOptions,
+    task_tensors: Sequence[torch.Tensor | None],
+    weights: Sequence[float],
+    densities: Sequence[float] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """The merged delta (float32, λ applied) of one whole tensor, for the ``whole`` methods.
+
+    An input that lacks the tensor passes ``None``: a zero task vector for the sparsifying
+    methods, and no task at all for the SVD methods (it claims no share of the rank, and the
+    mean of the tensors that are not matrices is over the inputs that have them).
+
+    >>> merge_whole(MergeOptions("iso_c"), [torch.tensor([[3.0, 0.0], [0.0, 1.0]]), None], [1.0, 1.0])
+    tensor([[2., 0.],
+            [0., 2.]])
+    """
+    like = next((t for t in task_tensors if t is not None), None)
+    if like is None:
+        raise ValueError("every input is None: copy the base instead of merging")
+    taus = [torch.zeros(like.shape) if t is None else t.to(torch.float32) for t in task_tensors]
+    n, o = len(taus), options
+    densities = [o.density] * n if densities is None else list(densities)
+    name = o.method
+    if METHODS[name].sparsify == "spectral":
+        present = [i for i, t in enumerate(task_tensors) if t is not None]
+        taus, weights = [taus[i] for i in present], [weights[i] for i in present]
+    if name in ("tsv_m", "iso_c"):
+        return METHODS[name].function(taus, weights, o.lambda_)
+    if name == "iso_cts":
+        return iso_cts(taus, weights, o.lambda_, o.common_space_fraction)
+    if name == "breadcrumbs":
+        return breadcrumbs(taus, weights, densities, o.gamma, o.lambda_, o.normalize)
+    if name == "breadcrumbs_ties":
+        return breadcrumbs_ties(taus, weights, densities, o.gamma, o.lambda_, o.sign_vote, o.normalize)
+    if name == "della":
+        for d in densities:
+            check_della_epsilon(d, o.epsilon)
+        return della(taus, weights, densities, o.epsilon, o.lambda_, o.sign_vote, o.normalize,
+                     rescale=o.rescale, seeds=seeds, seed=o.seed)
+    raise ValueError(f"{name} is merged chunk by chunk (TensorMerge), not whole")
 
 
 class TensorMerge:
@@ -134,6 +228,8 @@ class TensorMerge:
     ) -> None:
         self.options = options
         self.method = get_method(options.method)
+        if self.method.whole:
+            raise ValueError(f"{options.method} needs whole tensors: use merge_whole, not TensorMerge")
         self.weights = [float(w) for w in weights]
         self.numel = numel
         n = len(self.weights)
