@@ -24,6 +24,21 @@ def field_path(loc: tuple) -> str:
     return out
 
 
+def validation_message(err: dict) -> str:
+    """A pydantic error's message, with the offending value when it is not finite
+    (pydantic's own words, "Input should be a finite number", do not say which).
+
+    >>> validation_message({"type": "finite_number", "msg": "Input should be a finite number", "input": float("nan")})
+    'must be a finite number, got nan'
+    """
+    msg = err["msg"]
+    if err.get("type") == "finite_number":
+        return f"must be a finite number, got {err.get('input')!r}".replace("'", "")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return msg
+
+
 class UserError(Exception):
     """A mistake the user can fix; printed without a traceback, exit status 2."""
 

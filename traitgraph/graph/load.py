@@ -26,7 +26,7 @@ import networkx as nx
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from traitgraph.errors import SpecError, SpecProblem, field_path
+from traitgraph.errors import SpecError, SpecProblem, field_path, validation_message
 from traitgraph.graph.schema import (
     DEPENDENCY_EDGE_KINDS,
     Example,
@@ -118,9 +118,7 @@ def _validation_problems(
         path = field_path(err["loc"])
         if prefix:
             path = f"{prefix}.{path}" if path and not path.startswith("[") else f"{prefix}{path}"
-        msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
+        msg = validation_message(err)
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         problems.append(

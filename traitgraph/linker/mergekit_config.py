@@ -42,7 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from traitgraph.linker.link import LinkInput, link
 from traitgraph.linker.merging import MergeOptions
-from traitgraph.errors import UserError, field_path
+from traitgraph.errors import UserError, field_path, validation_message
+from traitgraph.graph.schema import MAX_SCALE
 
 SUPPORTED_METHODS = ("ties", "task_arithmetic", "dare_ties", "dare_linear")
 #: mergekit's default for ``normalize`` per method (its registry's ``default_normalize``).
@@ -50,13 +51,15 @@ DEFAULT_NORMALIZE = {"ties": True, "task_arithmetic": False, "dare_ties": False,
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class ModelParameters(_Strict):
     """``models[i].parameters``."""
 
-    weight: float | None = Field(default=None, description="The model's weight w_i (may be negative).")
+    weight: float | None = Field(
+        default=None, ge=-MAX_SCALE, le=MAX_SCALE, description="The model's weight w_i (may be negative)."
+    )
     density: float | None = Field(default=None, gt=0.0, le=1.0, description="Fraction of its τ kept.")
 
 
@@ -71,9 +74,9 @@ class GlobalParameters(_Strict):
     """Top-level ``parameters``."""
 
     normalize: bool | None = Field(default=None, description="Divide by the agreeing weights' sum.")
-    lambda_: float = Field(default=1.0, alias="lambda", description="Scale of the merged delta.")
+    lambda_: float = Field(default=1.0, alias="lambda", gt=0.0, le=MAX_SCALE, description="Scale of the merged delta.")
     int8_mask: bool = Field(default=False, description="mergekit memory option; no effect here.")
-    weight: float | None = Field(default=None, description="Default weight of every model.")
+    weight: float | None = Field(default=None, ge=-MAX_SCALE, le=MAX_SCALE, description="Default weight of every model.")
     density: float | None = Field(default=None, gt=0.0, le=1.0, description="Default density of every model.")
 
 
@@ -109,7 +112,7 @@ def load_mergekit_config(path: str | os.PathLike) -> MergekitConfig:
             if err["type"] == "extra_forbidden":
                 problems.append(f"key '{where}' is not supported by traitgraph merge (remove it, or use mergekit-yaml)")
             else:
-                problems.append(f"'{where}': {err['msg']}")
+                problems.append(f"'{where}': {validation_message(err)}")
         raise UserError(f"{path}:\n  - " + "\n  - ".join(problems)) from None
     if config.merge_method not in SUPPORTED_METHODS:
         raise UserError(
