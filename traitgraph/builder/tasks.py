@@ -22,6 +22,7 @@ from typing import Any
 
 from traitgraph.builder.plan import BuildPlan, log_event, remove_outputs, write_stamps
 from traitgraph.errors import UserError
+from traitgraph.faults import fault_point
 
 #: torch threads per training process. Fixed (not "all cores") because float
 #: results differ in the last bits between thread counts, and a serial build
@@ -74,8 +75,11 @@ def train_node_action(plan: BuildPlan, node_id: str) -> dict[str, str]:
     parents = [plan.cache.verify(plan.hashes[dep]) for dep in plan.spec.dependencies(node_id)]
     base = resolve_base(plan.spec.personality.base, plan.spec.specs_dir)
     t0 = time.perf_counter()
-    meta = train_node(plan.spec, node_id, base, plan.cache.vector_path(h), parent_vectors=parents, progress=True)
-    plan.cache.commit(h, node_id, plan.payload(node_id))
+    with plan.cache.writing():  # `cache gc` refuses while a vector is being trained and saved
+        fault_point("train")
+        meta = train_node(plan.spec, node_id, base, plan.cache.vector_path(h), parent_vectors=parents, progress=True)
+        fault_point("commit")
+        plan.cache.commit(h, node_id, plan.payload(node_id))
     seconds = time.perf_counter() - t0
     print(f"train:{node_id}: {meta.steps} steps, final loss {meta.final_loss:.4f}, {seconds:.1f}s -> {h[:12]}")
     log_event(plan.out, "train", node=node_id, hash=h, seconds=round(seconds, 2), final_loss=meta.final_loss)
@@ -127,6 +131,7 @@ def link_action(plan: BuildPlan) -> None:
         merge=spec.personality.merge,
         outputs=outputs,
     )
+    fault_point("lock")
     write_lock(plan.out.lock, lock)
     write_stamps(plan.out, outputs)
     seconds = time.perf_counter() - t0

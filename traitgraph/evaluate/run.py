@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from traitgraph import __version__
+from traitgraph.faults import fault_point
 from traitgraph.atomic import sha256_file, write_text_atomic
 from traitgraph.builder.plan import BuildPlan, log_event, remove_outputs
 from traitgraph.errors import BuildError, UserError
@@ -568,6 +569,7 @@ def run_eval(plan: BuildPlan, *, threads: int | None = None, progress: bool = Tr
     """Evaluate, write the report (figures, report.md, report.json), print the tables,
     then apply the gates: a budget exceeded is a :class:`BuildError` naming what fell short."""
     report = evaluate_build(plan, threads=threads, progress=progress)
+    fault_point("eval")  # scores computed, report not yet written
     report = write_report(report, plan.out.root)
     print(print_summary(report))
     print(f"report: {plan.out.root / REPORT_MD}")

@@ -33,6 +33,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from traitgraph.atomic import pid_alive
 from traitgraph.errors import BuildError, UserError
 from traitgraph.faults import fault_point
 
@@ -72,16 +73,6 @@ def check_replaceable(out_dir: Path) -> None:
         )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _leftovers(out_dir: Path, kind: str) -> list[Path]:
     """``.NAME.<kind>-PID-*`` beside ``out_dir`` whose process is gone."""
     found = []
@@ -91,7 +82,7 @@ def _leftovers(out_dir: Path, kind: str) -> list[Path]:
             if not path.name.startswith(prefix):
                 continue
             pid = path.name[len(prefix):].split("-")[0]
-            if not pid.isdigit() or not _pid_alive(int(pid)):
+            if not pid.isdigit() or not pid_alive(int(pid)):
                 found.append(path)
     return sorted(found)
 
