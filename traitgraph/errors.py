@@ -82,3 +82,19 @@ class SpecError(UserError):
 class BuildError(UserError):
     """A build step cannot go on for a reason the user can act on
     (diverged training, a corrupt or missing artifact, a budget exceeded)."""
+
+
+def environment_error(exc: BaseException) -> UserError | None:
+    """The :class:`UserError` for a failure of the machine rather than of traitgraph
+    (a full disk, a read-only or missing directory, input nested too deeply to
+    parse), or ``None`` for anything else (a bug, which keeps its traceback).
+
+    >>> str(environment_error(OSError(28, "No space left on device", "out/checkpoint")))
+    'out/checkpoint: No space left on device'
+    """
+    if isinstance(exc, RecursionError):
+        return UserError("input nested too deeply to read (a YAML or JSON file with thousands of levels)")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = exc.filename if exc.filename is not None else "a file"
+        return UserError(f"{where}: {exc.strerror or exc}")
+    return None

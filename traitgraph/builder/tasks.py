@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from traitgraph.builder.plan import BuildPlan, log_event, remove_outputs, write_stamps
-from traitgraph.errors import UserError
+from traitgraph.errors import UserError, environment_error
 from traitgraph.faults import fault_point
 
 #: torch threads per training process. Fixed (not "all cores") because float
@@ -158,6 +158,13 @@ def task_action(fn: Callable[..., None], *args: Any) -> Callable[[], Any]:
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return TaskError(str(exc).splitlines()[0])
+        except (OSError, RecursionError) as exc:  # the machine's failure (disk full, read-only): exit 2
+            user_error = environment_error(exc)
+            if user_error is None:
+                traceback.print_exc()
+                return TaskFailed("internal error in traitgraph (traceback above)")
+            print(f"error: {user_error}", file=sys.stderr)
+            return TaskError(str(user_error).splitlines()[0])
         except Exception:  # a bug: keep its traceback, exit 1
             traceback.print_exc()
             return TaskFailed("internal error in traitgraph (traceback above)")

@@ -36,6 +36,25 @@ def _pct(before: float, after: float) -> str:
     return f"{100.0 * (after - before) / before:+.1f}%" if before else "n/a"
 
 
+def check_vector_output(out: Path) -> None:
+    """``-o FILE`` must name a file the vector can be written to; a :class:`UserError` naming ``-o`` otherwise.
+
+    >>> check_vector_output(Path("/"))
+    Traceback (most recent call last):
+    ...
+    traitgraph.errors.UserError: -o /: is a directory; give a file name, e.g. /pirate.safetensors
+    """
+    from traitgraph.errors import UserError
+
+    if out.is_dir():
+        raise UserError(f"-o {out}: is a directory; give a file name, e.g. {out / 'pirate.safetensors'}")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"-o {out}: cannot write there ({parent} is not a writable directory)")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -49,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from traitgraph.graph import load_specs
     from traitgraph.graph.hashing import node_hashes, training_payload
 
+    if args.out:
+        check_vector_output(Path(args.out))  # before minutes of training, not at the final rename
     spec = load_specs(args.specs_dir)
     if args.node not in spec.nodes:
         raise UserError(f"no node '{args.node}' in {spec.specs_dir}; nodes: {', '.join(sorted(spec.nodes))}")

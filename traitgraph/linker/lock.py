@@ -90,8 +90,10 @@ def read_lock(path: str | os.PathLike) -> LockFile:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BuildError(f"{path}: lock file not found") from None
+    except RecursionError:
+        raise BuildError(f"{path}: not a readable lock file (JSON nested too deeply)") from None
     except (OSError, ValueError) as exc:
-        raise BuildError(f"{path}: not a readable lock file ({exc})") from exc
+        raise BuildError(f"{path}: not a readable lock file ({exc})") from None
     try:
         return LockFile.model_validate(data)
     except ValidationError as exc:

@@ -99,6 +99,8 @@ def load_mergekit_config(path: str | os.PathLike) -> MergekitConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: config not found") from None
+    except RecursionError:
+        raise UserError(f"{path}: not readable YAML (nested too deeply)") from None
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"{path}: not readable YAML ({exc})") from None
     if not isinstance(data, dict):
