@@ -90,6 +90,12 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if exc.filename is None and exc.errno is not None:  # a failed write names no file: name ours
+            raise OSError(exc.errno, exc.strerror, str(final)) from exc
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

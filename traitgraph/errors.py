@@ -95,6 +95,7 @@ def environment_error(exc: BaseException) -> UserError | None:
     if isinstance(exc, RecursionError):
         return UserError("input nested too deeply to read (a YAML or JSON file with thousands of levels)")
     if isinstance(exc, OSError) and exc.errno is not None:
-        where = exc.filename if exc.filename is not None else "a file"
-        return UserError(f"{where}: {exc.strerror or exc}")
+        if exc.filename is None:
+            return UserError(f"a file could not be read or written: {exc.strerror or exc}")
+        return UserError(f"{exc.filename}: {exc.strerror or exc}")
     return None
