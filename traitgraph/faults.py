@@ -2,11 +2,11 @@
 
 With ``TRAITGRAPH_FAULT=<point>`` in the environment, the process that reaches
 :func:`fault_point` with that name kills itself with SIGKILL, as a power cut or
-``kill -9`` would. The points are ``train`` (a node trained, its vector not yet
+``kill -9`` would. The points are ``train`` (a node's training begun, nothing
 saved), ``commit`` (vector saved, its cache record not yet written), ``link``
 (checkpoint staged, not installed), ``install`` (between the two renames of the
 install), ``lock`` (checkpoint installed, lock not yet written) and ``eval``
-(scores computed, report not yet written). Unset, it does nothing.
+(linked and locked, the report not yet written). Unset, it does nothing.
 
 >>> fault_point("link")   # no TRAITGRAPH_FAULT: returns
 """

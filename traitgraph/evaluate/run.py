@@ -568,8 +568,8 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
 def run_eval(plan: BuildPlan, *, threads: int | None = None, progress: bool = True) -> EvalReport:
     """Evaluate, write the report (figures, report.md, report.json), print the tables,
     then apply the gates: a budget exceeded is a :class:`BuildError` naming what fell short."""
+    fault_point("eval")  # linked and locked, no report yet
     report = evaluate_build(plan, threads=threads, progress=progress)
-    fault_point("eval")  # scores computed, report not yet written
     report = write_report(report, plan.out.root)
     print(print_summary(report))
     print(f"report: {plan.out.root / REPORT_MD}")
