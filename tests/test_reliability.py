@@ -420,3 +420,15 @@ def test_9_reports_and_locks_follow_the_umask(built, tmp_path):
         assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o664
     finally:
         os.umask(old)
+
+
+def test_8_a_nan_loss_is_called_nan_in_the_gate():
+    from traitgraph.evaluate.report import Retention, check_gates
+    from traitgraph.graph.schema import EvalSettings
+
+    retention = Retention(text_source="shipped", lines=3, tokens=30, base_loss=2.0, linked_loss=float("nan"),
+                          prompts=[])
+    (gate,) = check_gates(EvalSettings(), [], retention)
+    assert not gate.passed
+    assert gate.message == "retention: general-text loss is NaN, not a number (budget 10.0%)"
+    assert "nan%" not in gate.message
