@@ -21,7 +21,6 @@ Output directory layout::
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field

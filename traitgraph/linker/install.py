@@ -4,7 +4,7 @@ A checkpoint is written into a hidden staging directory beside its final place
 (``.NAME.tmp-PID-XXXX``), checked, marked, and swapped in::
 
     >>> staging = open_staging(out_dir)            # doctest: +SKIP
-    >>> ... write the shards and side files into staging ...
+    >>> write_shards_and_side_files(staging)       # doctest: +SKIP
     >>> install(staging, out_dir)                  # doctest: +SKIP
 
 The rules, in one place:
