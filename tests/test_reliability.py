@@ -432,3 +432,11 @@ def test_8_a_nan_loss_is_called_nan_in_the_gate():
     assert not gate.passed
     assert gate.message == "retention: general-text loss is NaN, not a number (budget 10.0%)"
     assert "nan%" not in gate.message
+
+
+def test_7_linking_into_the_base_directory_is_refused(built, tiny_base_dir):
+    specs, _ = built
+    before = tree(tiny_base_dir)
+    code, _, err = cli("link", specs, "-o", tiny_base_dir / "linked")
+    assert code == 2 and "base model's directory" in err and "Traceback" not in err
+    assert tree(tiny_base_dir) == before

@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from traitgraph.builder.cache import VectorCache
+    from traitgraph.builder.output_dir import check_output_dir
     from traitgraph.linker.lock import read_lock, relink
     from traitgraph.builder.plan import BuildPlan, OutputLayout, OutputLock, write_stamps
     from traitgraph.builder.tasks import link_action
@@ -30,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.lock is None:
         plan = BuildPlan.load(args.specs_dir, args.out or "out")
+        check_output_dir(plan.out.root, plan.spec)  # a file, unwritable, or the base's own directory
         missing = [n for n in plan.spec.build_order() if not plan.node_is_built(n)]
         if missing:
             raise BuildError(f"not built yet: {', '.join(missing)}; run `traitgraph build` (or doit) first")

@@ -16,6 +16,7 @@ threads (default 1), like ``build``, so both produce the same bits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -101,10 +102,11 @@ def run(args: argparse.Namespace) -> int:
     before_general = eval_loss(model, tokenizer, general) if general else None
 
     progress = not args.no_progress and sys.stderr.isatty()
-    meta = train_node(spec, args.node, base, out, parent_vectors=parents, progress=progress,
-                      node_hash=hashes[args.node])
-    if args.out is None:
-        cache.commit(hashes[args.node], args.node, training_payload(spec, args.node, base.fingerprint, hashes))
+    with cache.writing() if args.out is None else contextlib.nullcontext():  # `cache gc` waits for the save
+        meta = train_node(spec, args.node, base, out, parent_vectors=parents, progress=progress,
+                          node_hash=hashes[args.node])
+        if args.out is None:
+            cache.commit(hashes[args.node], args.node, training_payload(spec, args.node, base.fingerprint, hashes))
 
     apply_task_vectors(model, [out])
     start = "base+parents" if parents else "base"
