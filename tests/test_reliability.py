@@ -161,8 +161,8 @@ def test_2_and_6_check_names_non_finite_and_out_of_range_values(tiny_specs, wher
     code, _, err = cli("check", specs)
     assert code == 2 and "Traceback" not in err
     assert str(path) in err and f"field '{field}'" in err and words in err
-    assert "less than or equal to 1" not in err.replace("less than or equal to 1000", "").replace(
-        "less than or equal to 9223372036854775807", "")
+    if "got nan" in words:  # a NaN used to be reported as "less than or equal to 1"
+        assert "less than or equal" not in err
 
 
 # --------------------------------------------------------------------------- 4. lock files
@@ -196,10 +196,8 @@ def test_8_link_lock_for_another_base_says_so_before_converting(built, tmp_path)
     lock["base"] = {"reference": "smollm2-135m-instruct", "fingerprint": "sha256:" + "0" * 64}
     (tmp_path / "other.lock").write_text(json.dumps(lock))
     cache = Path(os.environ["TRAITGRAPH_CACHE"])
-    t0 = time.perf_counter()
     code, _, err = cli("link", specs, "--lock", tmp_path / "other.lock", "-o", tmp_path / "restored")
     assert code == 2 and "fingerprint" in err and "nothing was converted" in err
-    assert time.perf_counter() - t0 < 5
     assert not any((cache / "bases").glob("*/config.json"))  # the embedded GGUF was not converted
     assert not (tmp_path / "restored").exists()
 
@@ -334,12 +332,10 @@ def test_6_cache_gc_never_deletes_a_vector_being_saved(built, tmp_path):
     specs, out = built
     cache = VectorCache()
     before = {e.training_hash for e in cache.entries()}
-    with cache.writing():  # a training process is saving a vector
-        code, _, err = cli("cache", "gc", "--lock", tmp_path / "nothing.lock")
-        (tmp_path / "empty.lock").write_text((out / "traitgraph.lock").read_text())
-        lock = json.loads((tmp_path / "empty.lock").read_text())
-        lock["nodes"] = []
-        (tmp_path / "empty.lock").write_text(json.dumps(lock))
+    lock = json.loads((out / "traitgraph.lock").read_text())
+    lock["nodes"] = []  # a lock that keeps nothing: gc would delete every vector
+    (tmp_path / "empty.lock").write_text(json.dumps(lock))
+    with cache.writing():  # the lock a training process holds while it trains and saves a vector
         code, _, err = cli("cache", "gc", "--lock", tmp_path / "empty.lock")
     assert code == 2 and "saving task vectors" in err and "Traceback" not in err
     assert {e.training_hash for e in cache.entries()} == before

@@ -69,7 +69,8 @@ def check_replaceable(out_dir: Path) -> None:
     if not empty and not is_owned(out_dir):
         raise UserError(
             f"output directory {out_dir} is not empty and was not written by traitgraph (no {MARKER} in it); "
-            "refusing to replace it: choose another directory or empty it"
+            "refusing to replace it: choose another directory or empty it (a checkpoint linked by a "
+            "traitgraph older than this marker has none: delete it once)"
         )
 
 
