@@ -436,3 +436,29 @@ def test_7_linking_into_the_base_directory_is_refused(built, tiny_base_dir):
     code, _, err = cli("link", specs, "-o", tiny_base_dir / "linked")
     assert code == 2 and "base model's directory" in err and "Traceback" not in err
     assert tree(tiny_base_dir) == before
+
+
+def test_7_leftovers_of_dead_installs_are_swept_and_a_moved_aside_checkpoint_restored(merge_models):
+    """What kills at three points of an install leave, repaired by the next merge into the same place."""
+    from traitgraph.linker.install import MARKER, sweep_leftovers
+
+    out = merge_models / "merged"
+    assert cli("merge", merge_config(merge_models), out, "--no-progress")[0] == 0
+    good = tree(out)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    os.rename(out, merge_models / f".merged.old-{dead}-abc")  # killed between the two renames
+    (merge_models / f".merged.tmp-{dead}-def").mkdir()  # killed mid-link
+    (merge_models / f".merged.tmp-{dead}-def" / "model.safetensors").write_bytes(b"\0" * 1000)
+    half = merge_models / f".merged.old-{dead}-ghi"  # killed while deleting an old checkpoint
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"\0" * 10)
+
+    sweep_leftovers(out)
+    assert tree(out) == good and (out / MARKER).is_file()
+    assert [p.name for p in merge_models.iterdir() if p.name.startswith(".")] == []
+
+    mine = merge_models / f".merged.tmp-{os.getpid()}-live"  # a live process's staging is never touched
+    mine.mkdir()
+    assert cli("merge", merge_config(merge_models, weight="0.25"), out, "--no-progress")[0] == 0
+    assert mine.is_dir()

@@ -92,12 +92,15 @@ def sweep_leftovers(out_dir: Path) -> list[Path]:
     """Repair what a killed install left beside ``out_dir``; returns what was removed.
 
     An ``old`` directory with no ``out_dir`` is a crash between the two renames:
-    it is renamed back. Every other staging or old directory of a dead process goes.
+    it is renamed back. Every other staging or old directory of a dead process goes
+    (these hidden names are made only by :func:`open_staging` and :func:`install`).
     """
     removed = []
-    olds = [p for p in _leftovers(out_dir, "old") if is_owned(p)]
-    if olds and not out_dir.exists():
-        os.rename(olds.pop(), out_dir)
+    olds = _leftovers(out_dir, "old")
+    restorable = [p for p in olds if is_owned(p)]  # one whose deletion began has lost its marker
+    if restorable and not out_dir.exists():
+        os.rename(restorable[-1], out_dir)
+        olds.remove(restorable[-1])
     for path in _leftovers(out_dir, "tmp") + olds:
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
