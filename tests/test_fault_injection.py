@@ -9,7 +9,8 @@ would see, and at the end that the outputs are byte-identical to a clean
 build's, that no temporary file is left in OUT or in the cache, and that no
 process of any run is alive. A second test kills ``traitgraph build -n 2``
 itself (SIGTERM and SIGKILL) and checks that its workers die with it and the
-output is not left locked.
+output is not left locked; a third kills one worker, which must stop the build
+with a message instead of leaving it waiting forever.
 """
 
 from __future__ import annotations
@@ -174,6 +175,20 @@ def test_killing_a_parallel_build_kills_its_workers_and_frees_the_output(tmp_pat
     finally:
         if group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_worker_killed_outright_stops_a_parallel_build_instead_of_hanging(tmp_path, tiny_base_dir):
+    """The out-of-memory killer's SIGKILL on one worker of ``-n 2``: doit alone would wait forever."""
+    nodes = {"a": pirate_node(), "b": pirate_node(description="Also a pirate.")}
+    specs = write_tiny_specs(tmp_path / "project", tiny_base_dir, nodes, TRAINING)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    killed = build(specs, out, cache, "-n", "2", "--", "link", fault="commit")
+    assert killed.returncode == 1
+    assert "build worker" in killed.stderr and "killed by SIGKILL" in killed.stderr
+    assert "Traceback" not in killed.stderr
+    resumed = build(specs, out, cache, "-n", "2", "--", "link")
+    assert resumed.returncode == 0, resumed.stderr
+    assert leftovers(out, cache) == []
 
 
 def test_a_stale_lock_whose_owner_is_gone_is_taken_over(tmp_path, capfd):

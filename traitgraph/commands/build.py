@@ -35,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
     namespace["DOIT_CONFIG"]["backend"] = BACKEND_NAME  # doit.sqlite deleted mid-build is recreated
     loader = ModuleTaskLoader(namespace)
     doit_args = ["-n", str(args.jobs), *extra] if args.jobs > 1 and runs_tasks(extra) else extra
+    if args.jobs > 1 and runs_tasks(extra):
+        from traitgraph.builder.workers import watch_workers
+
+        watch_workers()  # a worker killed outright would leave doit waiting forever
     try:
         return DoitMain(loader, extra_config={"BACKEND": BACKEND_PLUGIN}).run(doit_args)
     finally:
