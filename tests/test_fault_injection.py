@@ -46,12 +46,27 @@ def build(specs: Path, out: Path, cache: Path, *extra: str, fault: str | None = 
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _proc_stats() -> list[tuple[int, str, int, int]]:
+    """(pid, state, ppid, process group) of every process, from /proc."""
+    stats = []
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = path.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        stats.append((int(path.parent.name), fields[0], int(fields[1]), int(fields[2])))
+    return stats
+
+
+def group_alive(pgid: int, grace: float = 10.0) -> bool:
+    """Whether a process of group ``pgid`` is still running after ``grace`` seconds
+    (a zombie waiting to be reaped by init is dead: it runs nothing and holds no file)."""
+    deadline = time.time() + grace
+    while True:
+        running = [pid for pid, state, _, group in _proc_stats() if group == pgid and state != "Z"]
+        if not running or time.time() > deadline:
+            return bool(running)
+        time.sleep(0.1)
 
 
 def leftovers(out: Path, cache: Path) -> list[str]:
@@ -122,15 +137,7 @@ def test_kill_at_every_stage_then_rebuild_equals_a_clean_build(tmp_path, tiny_ba
 
 
 def children_of(pid: int) -> set[int]:
-    kids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            kids.add(int(stat.parent.name))
-    return kids
+    return {child for child, _, ppid, _ in _proc_stats() if ppid == pid}
 
 
 def alive(pid: int) -> bool:
@@ -173,7 +180,7 @@ def test_killing_a_parallel_build_kills_its_workers_and_frees_the_output(tmp_pat
         with OutputLock(OutputLayout(out)):  # the next build is not refused
             pass
     finally:
-        if group_alive(proc.pid):
+        if group_alive(proc.pid, grace=0):
             os.killpg(proc.pid, signal.SIGKILL)
 
 

@@ -104,8 +104,7 @@ class OutputLock:
         fh.seek(0)
         previous = _recorded_pid(fh.read().strip())
         if previous is not None and previous != os.getpid() and not pid_alive(previous):
-            print(f"warning: the last build into {self.out.root} (pid {previous}) did not finish; "
-                  "its leftovers are cleaned up", file=sys.stderr)
+            print(f"warning: the last build into {self.out.root} (pid {previous}) did not finish", file=sys.stderr)
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}")
