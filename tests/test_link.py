@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -241,11 +242,16 @@ def test_interrupted_link_leaves_no_output_and_keeps_the_old_one(tiny_base_dir, 
 # --------------------------------------------------------------------------- lock file
 
 
+def hex_hash(node_id: str) -> str:
+    """A training hash as a lock holds one (64 hex digits), stable per node."""
+    return hashlib.sha256(node_id.encode()).hexdigest()
+
+
 def make_lock(paths: dict[str, Path], weights: dict[str, float], settings: MergeSettings, outputs: dict[str, str]) -> LockFile:
     return LockFile(
         traitgraph_version="0.1.0",
         base=LockBase(reference="tiny", fingerprint="sha256:tiny"),
-        nodes=[LockNode(id=n, training_hash=f"hash-{n}", vector_sha256=sha256_file(paths[n]), weight=w) for n, w in weights.items()],
+        nodes=[LockNode(id=n, training_hash=hex_hash(n), vector_sha256=sha256_file(paths[n]), weight=w) for n, w in weights.items()],
         merge=settings,
         outputs=outputs,
     )
@@ -253,7 +259,7 @@ def make_lock(paths: dict[str, Path], weights: dict[str, float], settings: Merge
 
 def test_lock_round_trip_is_stable_and_strict(vectors, tmp_path):
     _, _, paths = vectors
-    lock = make_lock(paths, {"a": 1.0, "b": -0.5}, MergeSettings(**{"lambda": 0.7}), {"model.safetensors": "00"})
+    lock = make_lock(paths, {"a": 1.0, "b": -0.5}, MergeSettings(**{"lambda": 0.7}), {"model.safetensors": "0" * 64})
     write_lock(tmp_path / "x.lock", lock)
     text = (tmp_path / "x.lock").read_text()
     assert read_lock(tmp_path / "x.lock") == lock
@@ -271,8 +277,8 @@ def test_relink_reproduces_identical_files_and_refuses_tampering(tiny_base_dir, 
     cache = tmp_path / "cache"
     cache.mkdir()
     for n, p in paths.items():
-        shutil.copyfile(p, cache / f"hash-{n}.safetensors")
-    cached = {n: cache / f"hash-{n}.safetensors" for n in paths}
+        shutil.copyfile(p, cache / f"{hex_hash(n)}.safetensors")
+    cached = {n: cache / f"{hex_hash(n)}.safetensors" for n in paths}
     weights = {"a": 1.0, "b": -0.5, "c": 0.3}
     settings = MergeSettings(method="dare_ties", density=0.4, seed=1, max_shard_size="200KB")
     outputs = link_checkpoint(tiny_base_dir, [LinkInput(n, cached[n], w) for n, w in weights.items()], settings, tmp_path / "first", progress=False)
@@ -295,7 +301,7 @@ def test_relink_reproduces_identical_files_and_refuses_tampering(tiny_base_dir, 
     with pytest.raises(BuildError, match=r"node 'b': task vector .* sha256 .* lock recorded"):
         relink(lock, vector_path_for, tiny_base_dir, tmp_path / "third", progress=False)
     cached["b"].unlink()
-    with pytest.raises(BuildError, match="node 'b': its task vector hash-b is not in the cache"):
+    with pytest.raises(BuildError, match=f"node 'b': its task vector {hex_hash('b')[:12]} is not in the cache"):
         relink(lock, vector_path_for, tiny_base_dir, tmp_path / "third", progress=False)
     assert not (tmp_path / "third").exists()
 
@@ -310,5 +316,5 @@ def test_relink_onto_another_base_fails_and_keeps_the_output(tiny_base_dir, vect
     state = load_file(other / "model.safetensors")
     save_file({k: v + 1 for k, v in state.items()}, other / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(BuildError, match="differs from the lock in: model.safetensors"):
-        relink(lock, lambda h: paths[h.removeprefix("hash-")], other, tmp_path / "ckpt", progress=False)
+        relink(lock, lambda h: {hex_hash(n): p for n, p in paths.items()}[h], other, tmp_path / "ckpt", progress=False)
     assert verify_outputs(lock, tmp_path / "ckpt") == []

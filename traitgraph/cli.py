@@ -16,7 +16,7 @@ import importlib
 import sys
 
 from traitgraph import __version__
-from traitgraph.errors import UserError
+from traitgraph.errors import UserError, environment_error
 
 #: name -> one-line help; the module is traitgraph.commands.<name with - as _>
 COMMANDS: dict[str, str] = {
@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(_command_module(args.command).run(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, RecursionError) as exc:  # a full disk, an unwritable directory: no traceback
+        user_error = environment_error(exc)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -24,6 +24,21 @@ def field_path(loc: tuple) -> str:
     return out
 
 
+def validation_message(err: dict) -> str:
+    """A pydantic error's message, with the offending value when it is not finite
+    (pydantic's own words, "Input should be a finite number", do not say which).
+
+    >>> validation_message({"type": "finite_number", "msg": "Input should be a finite number", "input": float("nan")})
+    'must be a finite number, got nan'
+    """
+    msg = err["msg"]
+    if err.get("type") == "finite_number":
+        return f"must be a finite number, got {err.get('input')!r}".replace("'", "")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return msg
+
+
 class UserError(Exception):
     """A mistake the user can fix; printed without a traceback, exit status 2."""
 
@@ -67,3 +82,20 @@ class SpecError(UserError):
 class BuildError(UserError):
     """A build step cannot go on for a reason the user can act on
     (diverged training, a corrupt or missing artifact, a budget exceeded)."""
+
+
+def environment_error(exc: BaseException) -> UserError | None:
+    """The :class:`UserError` for a failure of the machine rather than of traitgraph
+    (a full disk, a read-only or missing directory, input nested too deeply to
+    parse), or ``None`` for anything else (a bug, which keeps its traceback).
+
+    >>> str(environment_error(OSError(28, "No space left on device", "out/checkpoint")))
+    'out/checkpoint: No space left on device'
+    """
+    if isinstance(exc, RecursionError):
+        return UserError("input nested too deeply to read (a YAML or JSON file with thousands of levels)")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        if exc.filename is None:
+            return UserError(f"a file could not be read or written: {exc.strerror or exc}")
+        return UserError(f"{exc.filename}: {exc.strerror or exc}")
+    return None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from traitgraph.builder.output_dir import check_output_dir, clean_after_crash
 from traitgraph.builder.plan import BuildPlan, OutputLock
 from traitgraph.builder.tasks import base_task, doit_config, link_task, train_tasks
 from traitgraph.errors import UserError
@@ -67,7 +68,12 @@ def open_build(
         from traitgraph.graph.schema import RaySettings
 
         plan.executor = RayExecutor(settings or RaySettings(), FROM_SETTINGS if ray is None else ray)
-    return Build(plan, OutputLock(plan.out).acquire() if runs_tasks else None)
+    if not runs_tasks:
+        return Build(plan, None)
+    check_output_dir(plan.out.root, plan.spec)  # a file, unwritable, or the base's own directory: refused
+    lock = OutputLock(plan.out).acquire()
+    clean_after_crash(plan.out)
+    return Build(plan, lock)
 
 
 def open_build_or_exit(specs_dir: str | Path, out_dir: str | Path, *, runs_tasks: bool = True) -> Build:

@@ -21,19 +21,27 @@ Two levels of checking:
 * :meth:`VectorCache.verify` (full, before a vector is used): the file's
   sha256 equals the record's. A mismatch is a corrupt entry: it is reported
   and removed so that the next build retrains it.
+
+A process that saves a vector holds a shared lock on ``vectors/.writers.lock``
+from before the first byte until its record is written (:meth:`VectorCache.writing`);
+``gc`` needs the exclusive lock, so it never deletes a vector being saved.
+Temporary files of writers that died are swept by the next writer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from traitgraph.atomic import sha256_file, write_text_atomic
+from traitgraph.atomic import sha256_file, sweep_stale_temps, write_text_atomic
 from traitgraph.compiler.base_model import default_cache_dir
 from traitgraph.errors import BuildError
 
@@ -87,6 +95,35 @@ class VectorCache:
             return VectorRecord.model_validate_json(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the cache's shared writer lock while training and saving a vector; ``gc``
+        refuses to run while any writer holds it. Stale temporaries of dead writers are swept first.
+
+        >>> with cache.writing():                          # doctest: +SKIP
+        ...     save_task_vector(cache.vector_path(h), tau, meta); cache.commit(h, node_id, payload)
+        """
+        with self._writers_lock(fcntl.LOCK_SH):
+            sweep_stale_temps(self.vectors)
+            yield
+
+    @contextlib.contextmanager
+    def _writers_lock(self, mode: int) -> Iterator[None]:
+        try:
+            self.vectors.mkdir(parents=True, exist_ok=True)
+            fh = open(self.vectors / ".writers.lock", "a")
+        except OSError as exc:
+            raise BuildError(f"cannot write to the task-vector cache {self.vectors}: {exc.strerror or exc}") from None
+        with fh:
+            try:
+                fcntl.flock(fh, mode)
+            except BlockingIOError:
+                raise BuildError(
+                    f"a build is saving task vectors into {self.vectors}; run `traitgraph cache gc` "
+                    "again when it has finished"
+                ) from None
+            yield
 
     def commit(self, training_hash: str, node_id: str, payload: dict[str, Any]) -> VectorRecord:
         """Record a vector that was just written to :meth:`vector_path`."""
@@ -155,14 +192,15 @@ class VectorCache:
         removed = freed = 0
         if not self.vectors.is_dir():
             return 0, 0
-        for path in sorted(self.vectors.iterdir()):
-            key = path.name.split(".")[0] if not path.name.startswith(".") else None
-            if key in keep:
-                continue
-            size = path.stat().st_size
-            path.unlink(missing_ok=True)
-            freed += size
-            removed += path.suffix == ".safetensors"
+        with self._writers_lock(fcntl.LOCK_EX | fcntl.LOCK_NB):
+            for path in sorted(self.vectors.iterdir()):
+                key = path.name.split(".")[0] if not path.name.startswith(".") else None
+                if key in keep or path.name == ".writers.lock":
+                    continue
+                size = path.stat().st_size
+                path.unlink(missing_ok=True)
+                freed += size
+                removed += path.suffix == ".safetensors"
         return removed, freed
 
 

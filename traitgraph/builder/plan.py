@@ -20,9 +20,7 @@ Output directory layout::
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from typing import Any
 
 from traitgraph.atomic import write_text_atomic
 from traitgraph.builder.cache import VectorCache
+from traitgraph.builder.output_lock import OutputLock  # noqa: F401  (re-exported: its home was here)
 from traitgraph.errors import BuildError
 from traitgraph.graph import Spec, load_specs
 from traitgraph.graph.hashing import node_hashes, training_payload
@@ -213,47 +212,3 @@ def log_event(out: OutputLayout, task: str, **fields: Any) -> None:
     line = json.dumps({"time": round(time.time(), 3), "task": task, **fields}, sort_keys=True)
     with open(out.log, "a", encoding="utf-8") as fh:
         fh.write(line + "\n")
-
-
-class OutputLock:
-    """An exclusive lock on an output directory for the length of a build.
-
-    A second build on the same directory is refused with a clear message
-    instead of interleaving its writes with the first one's.
-    """
-
-    def __init__(self, out: OutputLayout):
-        self.out = out
-        self._fh = None
-
-    def acquire(self) -> "OutputLock":
-        self.out.state.mkdir(parents=True, exist_ok=True)
-        fh = open(self.out.build_lock, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise BuildError(
-                f"another build is writing to {self.out.root} ({holder}); wait for it to finish "
-                "or build into another directory (doit out=DIR)"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}")
-        fh.flush()
-        self._fh = fh
-        return self
-
-    def release(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
-
-    def __enter__(self) -> "OutputLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from traitgraph.builder.plan import BuildPlan, log_event, remove_outputs, write_stamps
-from traitgraph.errors import UserError
+from traitgraph.errors import UserError, environment_error
+from traitgraph.faults import fault_point
 
 #: torch threads per training process. Fixed (not "all cores") because float
 #: results differ in the last bits between thread counts, and a serial build
@@ -75,15 +76,18 @@ def train_node_action(plan: BuildPlan, node_id: str) -> dict[str, str]:
 
     parents = [plan.cache.verify(plan.hashes[dep]) for dep in plan.spec.dependencies(node_id)]
     t0 = time.perf_counter()
-    if plan.executor is not None:  # a Ray task; the executor commits the verified vector
-        result = plan.executor.train(plan, node_id, parents, train_threads())
-        steps, final_loss, where = result["steps"], result["final_loss"], " on ray"
-    else:
-        torch.set_num_threads(train_threads())
-        base = resolve_base(plan.spec.personality.base, plan.spec.specs_dir)
-        meta = train_node(plan.spec, node_id, base, plan.cache.vector_path(h), parent_vectors=parents, progress=True)
-        plan.cache.commit(h, node_id, plan.payload(node_id))
-        steps, final_loss, where = meta.steps, meta.final_loss, ""
+    with plan.cache.writing():  # `cache gc` refuses while a vector is being trained and saved
+        fault_point("train")
+        if plan.executor is not None:  # a Ray task; the executor commits the verified vector
+            result = plan.executor.train(plan, node_id, parents, train_threads())
+            steps, final_loss, where = result["steps"], result["final_loss"], " on ray"
+        else:
+            torch.set_num_threads(train_threads())
+            base = resolve_base(plan.spec.personality.base, plan.spec.specs_dir)
+            meta = train_node(plan.spec, node_id, base, plan.cache.vector_path(h), parent_vectors=parents, progress=True)
+            fault_point("commit")
+            plan.cache.commit(h, node_id, plan.payload(node_id))
+            steps, final_loss, where = meta.steps, meta.final_loss, ""
     seconds = time.perf_counter() - t0
     print(f"train:{node_id}: {steps} steps, final loss {final_loss:.4f}, {seconds:.1f}s{where} -> {h[:12]}")
     log_event(plan.out, "train", node=node_id, hash=h, seconds=round(seconds, 2), final_loss=final_loss)
@@ -140,6 +144,7 @@ def link_action(plan: BuildPlan) -> None:
         merge=spec.personality.merge,
         outputs=outputs,
     )
+    fault_point("lock")
     write_lock(plan.out.lock, lock)
     write_stamps(plan.out, outputs)
     from traitgraph.linker.model_card import write_model_card  # not a lock output (see its docstring)
@@ -169,6 +174,13 @@ def task_action(fn: Callable[..., None], *args: Any) -> Callable[[], Any]:
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return TaskError(str(exc).splitlines()[0])
+        except (OSError, RecursionError) as exc:  # the machine's failure (disk full, read-only): exit 2
+            user_error = environment_error(exc)
+            if user_error is None:
+                traceback.print_exc()
+                return TaskFailed("internal error in traitgraph (traceback above)")
+            print(f"error: {user_error}", file=sys.stderr)
+            return TaskError(str(user_error).splitlines()[0])
         except Exception:  # a bug: keep its traceback, exit 1
             traceback.print_exc()
             return TaskFailed("internal error in traitgraph (traceback above)")

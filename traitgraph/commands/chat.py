@@ -15,6 +15,8 @@ import argparse
 import os
 from pathlib import Path
 
+from traitgraph.commands.args import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", help="build output directory, or a checkpoint directory")
@@ -22,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", action="store_true", help="talk to the build's base model instead")
     parser.add_argument("--specs", default="specs", help="specs directory, to find a base given relative to it (default: specs)")
     parser.add_argument("--system", default=None, help="a system message to start the conversation with")
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="longest reply in tokens (default: 200)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=200, help="longest reply in tokens (default: 200)")
+
 
 
 def checkpoint_dir(out_dir: Path) -> Path:

@@ -22,14 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from traitgraph.builder.cache import VectorCache
+    from traitgraph.builder.output_dir import check_output_dir
     from traitgraph.linker.lock import read_lock, relink
     from traitgraph.builder.plan import BuildPlan, OutputLayout, OutputLock, write_stamps
     from traitgraph.builder.tasks import link_action
-    from traitgraph.compiler.base_model import resolve_base
+    from traitgraph.compiler.base_model import base_fingerprint, resolve_base
     from traitgraph.errors import BuildError, UserError
 
     if args.lock is None:
         plan = BuildPlan.load(args.specs_dir, args.out or "out")
+        check_output_dir(plan.out.root, plan.spec)  # a file, unwritable, or the base's own directory
         missing = [n for n in plan.spec.build_order() if not plan.node_is_built(n)]
         if missing:
             raise BuildError(f"not built yet: {', '.join(missing)}; run `traitgraph build` (or doit) first")
@@ -40,12 +42,14 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None:
         raise UserError("--lock needs an output directory: -o DIR")
     lock = read_lock(args.lock)
-    base = resolve_base(lock.base.reference, Path(args.specs_dir))
-    if base.fingerprint != lock.base.fingerprint:
+    # the fingerprint first (milliseconds): never convert a base the lock was not built on
+    fingerprint = base_fingerprint(lock.base.reference, Path(args.specs_dir))
+    if fingerprint != lock.base.fingerprint:
         raise BuildError(
-            f"base '{lock.base.reference}' has fingerprint {base.fingerprint[:19]}, "
-            f"the lock was built on {lock.base.fingerprint[:19]}"
+            f"{args.lock}: base '{lock.base.reference}' has fingerprint {fingerprint[:19]}, "
+            f"the lock was built on {lock.base.fingerprint[:19]}; nothing was converted or linked"
         )
+    base = resolve_base(lock.base.reference, Path(args.specs_dir))
     cache = VectorCache()
     out = OutputLayout(Path(args.out))
     with OutputLock(out):

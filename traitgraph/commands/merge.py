@@ -19,7 +19,7 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="mergekit-style YAML file")
-    parser.add_argument("out_dir", help="output directory (replaced atomically if it holds a checkpoint)")
+    parser.add_argument("out_dir", help="output directory (replaced atomically, and only if traitgraph wrote it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of DARE's and DELLA's drop masks (default 0)")
     parser.add_argument("--max-shard-size", default="2GB", help="largest output shard, e.g. 500MB (default 2GB)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -16,6 +16,7 @@ threads (default 1), like ``build``, so both produce the same bits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -36,6 +37,25 @@ def _pct(before: float, after: float) -> str:
     return f"{100.0 * (after - before) / before:+.1f}%" if before else "n/a"
 
 
+def check_vector_output(out: Path) -> None:
+    """``-o FILE`` must name a file the vector can be written to; a :class:`UserError` naming ``-o`` otherwise.
+
+    >>> check_vector_output(Path("/"))
+    Traceback (most recent call last):
+    ...
+    traitgraph.errors.UserError: -o /: is a directory; give a file name, e.g. /pirate.safetensors
+    """
+    from traitgraph.errors import UserError
+
+    if out.is_dir():
+        raise UserError(f"-o {out}: is a directory; give a file name, e.g. {out / 'pirate.safetensors'}")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"-o {out}: cannot write there ({parent} is not a writable directory)")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -49,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from traitgraph.graph import load_specs
     from traitgraph.graph.hashing import node_hashes, training_payload
 
+    if args.out:
+        check_vector_output(Path(args.out))  # before minutes of training, not at the final rename
     spec = load_specs(args.specs_dir)
     if args.node not in spec.nodes:
         raise UserError(f"no node '{args.node}' in {spec.specs_dir}; nodes: {', '.join(sorted(spec.nodes))}")
@@ -80,10 +102,11 @@ def run(args: argparse.Namespace) -> int:
     before_general = eval_loss(model, tokenizer, general) if general else None
 
     progress = not args.no_progress and sys.stderr.isatty()
-    meta = train_node(spec, args.node, base, out, parent_vectors=parents, progress=progress,
-                      node_hash=hashes[args.node])
-    if args.out is None:
-        cache.commit(hashes[args.node], args.node, training_payload(spec, args.node, base.fingerprint, hashes))
+    with cache.writing() if args.out is None else contextlib.nullcontext():  # `cache gc` waits for the save
+        meta = train_node(spec, args.node, base, out, parent_vectors=parents, progress=progress,
+                          node_hash=hashes[args.node])
+        if args.out is None:
+            cache.commit(hashes[args.node], args.node, training_payload(spec, args.node, base.fingerprint, hashes))
 
     apply_task_vectors(model, [out])
     start = "base+parents" if parents else "base"

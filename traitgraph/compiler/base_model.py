@@ -389,3 +389,14 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     with _quiet_transformers():
         fresh.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
+
+
+def base_source_directory(reference: str, specs_dir: Path | None = None) -> Path | None:
+    """The directory a local or hub base is read from (``None`` for an embedded base),
+    so that a build never writes into its own base.
+
+    >>> base_source_directory("models/pico", Path("specs"))   # doctest: +SKIP
+    PosixPath('/home/me/project/specs/models/pico')
+    """
+    kind, path = _reference_kind(reference, None if specs_dir is None else Path(specs_dir))
+    return None if kind == "embedded" else path.resolve()

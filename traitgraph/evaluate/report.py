@@ -316,7 +316,8 @@ def check_gates(
             name="retention",
             passed=change <= budget,
             message=(
-                f"retention: general-text loss {'rose' if change >= 0 else 'fell'} {abs(change):.1f}% "
+                f"retention: general-text loss is NaN, not a number (budget {budget:.1f}%)" if change != change
+                else f"retention: general-text loss {'rose' if change >= 0 else 'fell'} {abs(change):.1f}% "
                 f"{'<=' if change <= budget else '>'} budget {budget:.1f}%"
             ),
         )
@@ -331,7 +332,8 @@ def check_gates(
             Gate(
                 name=f"node:{node.id}",
                 passed=ok,
-                message=f"node '{node.id}': directed gain {g:+.2f} {'>=' if ok else '<'} {floor:.2f}",
+                message=f"node '{node.id}': directed gain is NaN, not a number (floor {floor:.2f})" if g != g
+                else f"node '{node.id}': directed gain {g:+.2f} {'>=' if ok else '<'} {floor:.2f}",
             )
         )
     if retention.prompts:  # forgetting that the loss hides: facts the base knew

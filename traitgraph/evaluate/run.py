@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from traitgraph import __version__
+from traitgraph.faults import fault_point
 from traitgraph.atomic import sha256_file, write_text_atomic
 from traitgraph.builder.plan import BuildPlan, log_event, remove_outputs
 from traitgraph.errors import BuildError, UserError
@@ -614,6 +615,7 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
 def run_eval(plan: BuildPlan, *, threads: int | None = None, progress: bool = True) -> EvalReport:
     """Evaluate, write the report (figures, report.md, report.json), print the tables,
     then apply the gates: a budget exceeded is a :class:`BuildError` naming what fell short."""
+    fault_point("eval")  # linked and locked, no report yet
     report = evaluate_build(plan, threads=threads, progress=progress)
     report = write_report(report, plan.out.root)
     from traitgraph.linker.model_card import write_model_card  # the card shows the new results

@@ -26,7 +26,8 @@ import networkx as nx
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from traitgraph.errors import SpecError, SpecProblem, field_path
+from traitgraph.graph.confine import OutsideSpecs, confined_path, read_confined
+from traitgraph.errors import SpecError, SpecProblem, field_path, validation_message
 from traitgraph.graph.schema import (
     DEPENDENCY_EDGE_KINDS,
     Example,
@@ -118,9 +119,7 @@ def _validation_problems(
         path = field_path(err["loc"])
         if prefix:
             path = f"{prefix}.{path}" if path and not path.startswith("[") else f"{prefix}{path}"
-        msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
+        msg = validation_message(err)
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         problems.append(
@@ -167,15 +166,31 @@ def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _read_yaml_mapping(file: Path, problems: list[SpecProblem], node: str | None) -> dict | None:
-    """Parse a YAML file that must hold a mapping; record a problem and return None otherwise."""
+def _yaml_error_line(exc: yaml.YAMLError, text: str) -> str:
+    """`` at line L, column C`` of a YAML error ('' when unknown); a reader error (a NUL byte) has only an offset."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        return f" at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        before = text[: exc.position]
+        return f" at line {before.count(chr(10)) + 1}, column {len(before) - before.rfind(chr(10))}"
+    return ""
+
+
+def _read_yaml_mapping(file: Path, problems: list[SpecProblem], node: str | None, specs_dir: Path) -> dict | None:
+    """Parse a YAML file (confined to ``specs_dir``) that must hold a mapping; record a problem
+    and return None otherwise."""
     try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(SpecProblem(file=file, node=node, message=f"cannot read file ({exc})"))
+        text = read_confined(file, specs_dir)
+    except OutsideSpecs as exc:
+        problems.append(SpecProblem(file=file, node=node, message=f"cannot read file: {exc}",
+                                    hint="spec files are regular files inside the specs directory"))
         return None
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        problems.append(SpecProblem(file=file, node=node, message="YAML nested too deeply to read"))
+        return None
     except _DuplicateKey as exc:
         mark = exc.problem_mark
         problems.append(
@@ -187,8 +202,7 @@ def _read_yaml_mapping(file: Path, problems: list[SpecProblem], node: str | None
         )
         return None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where = _yaml_error_line(exc, text)
         reason = getattr(exc, "problem", None) or str(exc)
         problems.append(
             SpecProblem(
@@ -236,7 +250,7 @@ def _load_examples_file(
             )
         )
         return (), None
-    if not target.is_file():
+    if not target.exists():
         problems.append(
             SpecProblem(
                 file=node_file, node=node.id, field="examples_file",
@@ -246,8 +260,8 @@ def _load_examples_file(
         )
         return (), None
     try:
-        text = target.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_confined(target, specs_dir)
+    except OutsideSpecs as exc:
         problems.append(
             SpecProblem(
                 file=node_file, node=node.id, field="examples_file",
@@ -262,6 +276,10 @@ def _load_examples_file(
             continue
         try:
             raw = json.loads(line, object_pairs_hook=_unique_json_object)
+        except RecursionError:
+            problems.append(SpecProblem(file=target, node=node.id, field=f"line {lineno}",
+                                        message="JSON nested too deeply to read"))
+            continue
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
             msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             problems.append(
@@ -280,6 +298,17 @@ def _load_examples_file(
     if not examples and not any(p.file == target for p in problems):
         problems.append(SpecProblem(file=target, node=node.id, message="data file holds no examples"))
     return tuple(examples), target
+
+
+def _check_general_text(rel: str, personality_file: Path, specs_dir: Path, problems: list[SpecProblem]) -> None:
+    """``eval.general_text`` must exist now (not after training and linking), under the confinement rule."""
+    try:
+        confined_path(specs_dir / rel, specs_dir)
+    except OutsideSpecs as exc:
+        problems.append(SpecProblem(
+            file=personality_file, field="eval.general_text", message=str(exc),
+            hint="a UTF-8 text file inside the specs directory, path relative to it",
+        ))
 
 
 # --------------------------------------------------------------------------- loading
@@ -307,9 +336,11 @@ def load_specs(specs_dir: str | Path) -> Spec:
             )
         )
     else:
-        data = _read_yaml_mapping(personality_file, problems, None)
+        data = _read_yaml_mapping(personality_file, problems, None, specs_dir)
         if data is not None:
             personality = _validate(Personality, data, personality_file, None, problems)
+        if personality is not None and personality.eval.general_text is not None:
+            _check_general_text(personality.eval.general_text, personality_file, specs_dir, problems)
 
     nodes_dir = specs_dir / NODES_DIR
     # Hidden files (editor locks and backups such as `.#voice.yaml`) are not nodes.
@@ -324,7 +355,7 @@ def load_specs(specs_dir: str | Path) -> Spec:
     nodes: dict[str, LoadedNode] = {}
     for file in node_files:
         stem = file.stem
-        data = _read_yaml_mapping(file, problems, stem)
+        data = _read_yaml_mapping(file, problems, stem, specs_dir)
         if data is None:
             continue
         node_name = data.get("id") if isinstance(data.get("id"), str) else stem

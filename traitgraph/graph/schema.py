@@ -36,7 +36,14 @@ DEPENDENCY_EDGE_KINDS = frozenset({"refines"})
 class Strict(BaseModel):
     """Base of every spec model: unknown keys are errors, values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # allow_inf_nan=False: every float field refuses NaN and infinity by name ("finite number")
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+
+#: largest seed: torch and numpy take seeds below 2**63
+MAX_SEED = 2**63 - 1
+#: largest |weight| and λ: far above any useful value, far below float32 overflow
+MAX_SCALE = 1000.0
 
 
 # --------------------------------------------------------------------------- examples
@@ -220,7 +227,7 @@ class TrainingSettings(Strict):
     steps: int = Field(default=8, gt=0, le=100_000, description="Optimizer steps.")
     batch_size: int = Field(default=8, gt=0, le=4096, description="Examples per step.")
     warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps.")
-    seed: int = Field(default=0, ge=0, description="Seed for data order and projections.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed for data order and projections.")
     context: Literal["frozen", "full"] = Field(
         default="frozen",
         description="`frozen`: context runs without gradient through a KV cache; `full`: masked backprop.",
@@ -268,7 +275,7 @@ class TrainingOverrides(Strict):
     steps: int | None = Field(default=None, gt=0, le=100_000)
     batch_size: int | None = Field(default=None, gt=0, le=4096)
     warmup_steps: int | None = Field(default=None, ge=0)
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     context: Literal["frozen", "full"] | None = None
     max_length: int | None = Field(default=None, gt=8)
     grad_clip: float | None = Field(default=None, gt=0)
@@ -304,7 +311,7 @@ class MergeSettings(Strict):
         default=0.2, gt=0.0, le=1.0, description="Fraction of each τ kept by the trim (TIES, DARE, DELLA, Breadcrumbs)."
     )
     lambda_: float = Field(
-        default=1.0, alias="lambda", gt=0.0, description="Scale applied to the merged task vector."
+        default=1.0, alias="lambda", gt=0.0, le=MAX_SCALE, description="Scale applied to the merged task vector."
     )
     sign_vote: Literal["weighted", "unweighted"] = Field(
         default="weighted",
@@ -317,7 +324,7 @@ class MergeSettings(Strict):
             "agreeing |w| (mergekit when all weights are positive), or `none`. Linear methods ignore it."
         ),
     )
-    seed: int = Field(default=0, ge=0, description="Seed of DARE's and DELLA's drop masks.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of DARE's and DELLA's drop masks.")
     epsilon: float = Field(
         default=0.15, gt=0.0, lt=0.5,
         description="DELLA: keep probabilities run from density − epsilon (smallest |τ| of a row) to density + epsilon.",
@@ -474,4 +481,6 @@ class NodeSpec(Strict):
             raise ValueError("weight must be a finite number")
         if v == 0:
             raise ValueError("weight 0 links nothing; delete the node or give it a weight")
+        if abs(v) > MAX_SCALE:
+            raise ValueError(f"weight must be between -{MAX_SCALE:g} and {MAX_SCALE:g}, got {v:g}")
         return v

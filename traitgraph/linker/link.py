@@ -40,7 +40,6 @@ import re
 import shutil
 import struct
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from traitgraph.atomic import sha256_file
 from traitgraph.linker.merging import MergeOptions, TensorMerge, derive_seed, get_method, merge_whole
 from traitgraph.compiler.task_vector import open_task_vector, read_task_vector_meta
 from traitgraph.errors import BuildError, UserError
+from traitgraph.linker.install import check_replaceable, install, open_staging
 
 if TYPE_CHECKING:
     from traitgraph.graph.schema import MergeSettings
@@ -460,34 +460,7 @@ def _check_out_dir(out_dir: Path, base_dir: Path, inputs: Sequence[LinkInput]) -
         p = Path(path).resolve()
         if p == out or out in p.parents:
             raise UserError(f"output directory {out_dir} contains {what} ({path}); choose another output directory")
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise UserError(f"output {out_dir} exists and is not a directory")
-        contents = [p.name for p in out_dir.iterdir()]
-        looks_like_checkpoint = "config.json" in contents or any(n.endswith(".safetensors") for n in contents)
-        if contents and not looks_like_checkpoint:
-            raise UserError(
-                f"output directory {out_dir} is not empty and holds no checkpoint; "
-                "refusing to replace it (choose another directory or empty it)"
-            )
-
-
-def _install(tmp: Path, out_dir: Path) -> None:
-    """Rename ``tmp`` to ``out_dir``; an existing ``out_dir`` is moved aside first, then deleted."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.rmdir(old)
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    with contextlib.suppress(OSError):
-        fd = os.open(out_dir.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    check_replaceable(out_dir)
 
 
 def link(
@@ -526,11 +499,7 @@ def link(
     sizes = {n: base.infos[n].numel * out_dtypes[n].itemsize for n in names}
     shards = _plan_shards(names, sizes, max_bytes)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is an ordinary directory
+    tmp = open_staging(out_dir)  # refuses a directory traitgraph did not write; sweeps old leftovers
     outputs: dict[str, str] = {}
     try:
         from tqdm import tqdm
@@ -566,7 +535,7 @@ def link(
                 f"relinked checkpoint differs from the lock in: {', '.join(differ)}; "
                 f"{out_dir} was left as it was"
             )
-        _install(tmp, out_dir)
+        install(tmp, out_dir)  # finite check, marker, atomic swap
     except BaseException:
         pool.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -23,17 +23,24 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from typing import Annotated
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from traitgraph.atomic import sha256_file, write_text_atomic
-from traitgraph.errors import BuildError, field_path
+from traitgraph.errors import BuildError, field_path, validation_message
 from traitgraph.graph.schema import MergeSettings
 
 
+#: a sha256 in hex: what every hash field of a lock must be (never a path: a lock is shared and downloaded)
+HEX_SHA256 = r"^[0-9a-f]{64}$"
+#: an output file name: a plain name inside the checkpoint directory, no separators, not hidden
+OUTPUT_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+
+
 class _LockModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class LockBase(_LockModel):
@@ -47,8 +54,10 @@ class LockNode(_LockModel):
     """One linked task vector."""
 
     id: str = Field(description="Node id.")
-    training_hash: str = Field(description="The node's training hash (the cache key of its vector).")
-    vector_sha256: str = Field(description="sha256 of the task-vector file that was linked.")
+    training_hash: str = Field(
+        pattern=HEX_SHA256, description="The node's training hash (the cache key of its vector; 64 hex digits)."
+    )
+    vector_sha256: str = Field(pattern=HEX_SHA256, description="sha256 of the task-vector file that was linked.")
     weight: float = Field(description="The weight it was linked with.")
     device: str | None = Field(
         default=None,
@@ -63,7 +72,9 @@ class LockFile(_LockModel):
     base: LockBase
     nodes: list[LockNode] = Field(description="The linked vectors (any order; the linker sorts by id).")
     merge: MergeSettings = Field(description="The full merge settings.")
-    outputs: dict[str, str] = Field(description="Output file (relative to the checkpoint dir) -> sha256.")
+    outputs: dict[Annotated[str, Field(pattern=OUTPUT_NAME)], Annotated[str, Field(pattern=HEX_SHA256)]] = Field(
+        description="Output file (a plain name in the checkpoint dir) -> sha256."
+    )
 
 
 def lock_json(lock: LockFile) -> str:
@@ -87,13 +98,21 @@ def read_lock(path: str | os.PathLike) -> LockFile:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BuildError(f"{path}: lock file not found") from None
+    except RecursionError:
+        raise BuildError(f"{path}: not a readable lock file (JSON nested too deeply)") from None
     except (OSError, ValueError) as exc:
-        raise BuildError(f"{path}: not a readable lock file ({exc})") from exc
+        raise BuildError(f"{path}: not a readable lock file ({exc})") from None
     try:
         return LockFile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{field_path(e['loc']) or '<top level>'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{field_path(e['loc']) or '<top level>'}: {_lock_message(e)}" for e in exc.errors())
         raise BuildError(f"{path}: invalid lock file: {problems}") from None
+
+
+def _lock_message(err: dict) -> str:
+    if err["type"] == "string_pattern_mismatch" and "0-9a-f]{64}" in err["msg"]:
+        return f"must be a sha256 in hex (64 digits 0-9a-f), got {err['input']!r}"
+    return validation_message(err)
 
 
 def verify_outputs(lock: LockFile, out_dir: str | os.PathLike) -> list[str]:

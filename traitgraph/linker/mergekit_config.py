@@ -52,7 +52,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from traitgraph.linker.link import LinkInput, link
 from traitgraph.linker.merging import MergeOptions
-from traitgraph.errors import UserError, field_path
+from traitgraph.errors import UserError, field_path, validation_message
+from traitgraph.graph.schema import MAX_SCALE
 
 SUPPORTED_METHODS = ("ties", "task_arithmetic", "dare_ties", "dare_linear", "della", "breadcrumbs", "breadcrumbs_ties")
 #: mergekit's default for ``normalize`` per method (its registry's ``default_normalize``).
@@ -65,13 +66,15 @@ OPTION_METHODS = {"gamma": ("breadcrumbs", "breadcrumbs_ties"), "epsilon": ("del
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class ModelParameters(_Strict):
     """``models[i].parameters``."""
 
-    weight: float | None = Field(default=None, description="The model's weight w_i (may be negative).")
+    weight: float | None = Field(
+        default=None, ge=-MAX_SCALE, le=MAX_SCALE, description="The model's weight w_i (may be negative)."
+    )
     density: float | None = Field(default=None, gt=0.0, le=1.0, description="Fraction of its τ kept.")
     gamma: float | None = Field(default=None, ge=0.0, lt=1.0, description="Breadcrumbs: largest fraction dropped.")
     epsilon: float | None = Field(default=None, gt=0.0, lt=0.5, description="DELLA: keep-probability spread.")
@@ -88,9 +91,9 @@ class GlobalParameters(_Strict):
     """Top-level ``parameters``."""
 
     normalize: bool | None = Field(default=None, description="Divide by the agreeing weights' sum.")
-    lambda_: float = Field(default=1.0, alias="lambda", description="Scale of the merged delta.")
+    lambda_: float = Field(default=1.0, alias="lambda", gt=0.0, le=MAX_SCALE, description="Scale of the merged delta.")
     int8_mask: bool = Field(default=False, description="mergekit memory option; no effect here.")
-    weight: float | None = Field(default=None, description="Default weight of every model.")
+    weight: float | None = Field(default=None, ge=-MAX_SCALE, le=MAX_SCALE, description="Default weight of every model.")
     density: float | None = Field(default=None, gt=0.0, le=1.0, description="Default density of every model.")
     gamma: float | None = Field(default=None, ge=0.0, lt=1.0, description="Breadcrumbs: largest fraction dropped.")
     epsilon: float | None = Field(default=None, gt=0.0, lt=0.5, description="DELLA: keep-probability spread.")
@@ -116,6 +119,8 @@ def load_mergekit_config(path: str | os.PathLike) -> MergekitConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: config not found") from None
+    except RecursionError:
+        raise UserError(f"{path}: not readable YAML (nested too deeply)") from None
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"{path}: not readable YAML ({exc})") from None
     if not isinstance(data, dict):
@@ -129,7 +134,7 @@ def load_mergekit_config(path: str | os.PathLike) -> MergekitConfig:
             if err["type"] == "extra_forbidden":
                 problems.append(f"key '{where}' is not supported by traitgraph merge (remove it, or use mergekit-yaml)")
             else:
-                problems.append(f"'{where}': {err['msg']}")
+                problems.append(f"'{where}': {validation_message(err)}")
         raise UserError(f"{path}:\n  - " + "\n  - ".join(problems)) from None
     if config.merge_method not in SUPPORTED_METHODS:
         raise UserError(
