@@ -443,6 +443,14 @@ def _write_shards(
     return outputs
 
 
+def _output_dtypes(infos: dict[str, TensorInfo], dtype: str) -> dict[str, torch.dtype]:
+    """Each output tensor's dtype: the base's, or ``dtype`` for floating-point weights when asked."""
+    return {
+        n: OUTPUT_DTYPES[dtype] if dtype != "auto" and info.dtype.is_floating_point else info.dtype
+        for n, info in infos.items()
+    }
+
+
 def _write_index(tmp: Path, shards: Sequence[_Shard], total_size: int) -> None:
     index = {"metadata": {"total_size": total_size}, "weight_map": {n: s.file for s in shards for n in s.names}}
     (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -476,13 +484,9 @@ def link(
     pool = HandlePool()
     base = TensorFiles(read_headers(checkpoint_files(base_dir), False, f"base {base_dir}"), pool, task_vector=False)
     sources = _check_inputs(base.infos, base_dir, inputs, pool)
-    names = list(base.infos)
-    out_dtypes = {
-        n: OUTPUT_DTYPES[dtype] if dtype != "auto" and info.dtype.is_floating_point else info.dtype
-        for n, info in base.infos.items()
-    }
-    sizes = {n: base.infos[n].numel * out_dtypes[n].itemsize for n in names}
-    shards = _plan_shards(names, sizes, max_bytes)
+    out_dtypes = _output_dtypes(base.infos, dtype)
+    sizes = {n: info.numel * out_dtypes[n].itemsize for n, info in base.infos.items()}
+    shards = _plan_shards(list(base.infos), sizes, max_bytes)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
