@@ -11,6 +11,8 @@ import argparse
 
 #: arguments after `--` go to doit
 TAKES_PASSTHROUGH = True
+#: doit's own status for a mistake before any task runs (an unknown task or option); reported as 2
+DOIT_COMMAND_LINE_ERROR = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from doit.doit_cmd import DoitMain
 
     from traitgraph.builder.tasks import runs_tasks
+    from traitgraph.errors import EXIT_USER
     from traitgraph.pipeline import open_build
 
     extra = list(args.passthrough)  # doit arguments after --
@@ -31,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     loader = ModuleTaskLoader(build.doit_namespace())
     doit_args = ["-n", str(args.jobs), *extra] if args.jobs > 1 and runs_tasks(extra) else extra
     try:
-        return DoitMain(loader).run(doit_args)
+        code = DoitMain(loader).run(doit_args)  # 0 done, 1 a task failed (bug), 2 a task's user error or gate
+        return EXIT_USER if code == DOIT_COMMAND_LINE_ERROR else code
     finally:
         if build.output_lock is not None:
             build.output_lock.release()
