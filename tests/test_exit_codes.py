@@ -135,3 +135,19 @@ def test_internal_error_is_1_with_its_traceback(project):
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 1, (args[0], proc.stdout, proc.stderr)
         assert "Traceback" in proc.stderr and "planted bug" in proc.stderr
+
+
+def test_link_lock_gives_the_files_the_build_wrote(project, tmp_path):
+    """(Here because this module holds a CLI build on the pico model; tests/test_e2e.py does the same on the
+    real base.) Both sides are hashed from disk: the original checkpoint, and the one relinked from the lock."""
+    from traitgraph.atomic import sha256_file
+
+    def file_hashes(directory: Path) -> dict[str, str]:
+        return {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
+
+    original = file_hashes(project["out"] / "checkpoint")
+    assert "model.safetensors" in original
+    relinked = tmp_path / "relinked"
+    proc = traitgraph("link", project["specs"], "--lock", project["out"] / "traitgraph.lock", "-o", relinked)
+    assert proc.returncode == 0, proc.stderr
+    assert file_hashes(relinked / "checkpoint") == original
