@@ -19,6 +19,8 @@ from traitgraph.linker.mergekit_config import load_mergekit_config, plan_merge
 from traitgraph.cli import main
 from traitgraph.errors import UserError
 
+from conftest import require_reference
+
 
 def tensors(directory: Path) -> dict[str, torch.Tensor]:
     from traitgraph.linker.link import checkpoint_files
@@ -73,7 +75,7 @@ dtype: float32
 
 def run_mergekit(models: Path, method: str, cli: bool) -> None:
     """``mergekit-yaml`` on CONFIGS[method]: the real CLI, or the function it calls (no start-up cost)."""
-    pytest.importorskip("mergekit")
+    require_reference("mergekit")
     (models / f"{method}.yaml").write_text(CONFIGS[method])
     if cli:
         exe = shutil.which("mergekit-yaml") or str(Path(sys.executable).with_name("mergekit-yaml"))
