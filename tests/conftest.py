@@ -15,7 +15,6 @@ fixed thread count, and the machine is shared).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from specs_factory import default_nodes, snapshot, write_specs
 
 from traitgraph.cli import main
 from traitgraph.graph import load_specs
 from traitgraph.graph.hashing import node_hashes
+
+from specs_factory import default_nodes, snapshot, write_specs
 
 REPO = Path(__file__).resolve().parents[1]
 

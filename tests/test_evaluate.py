@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import pirate_node, write_tiny_specs
 
 from traitgraph.builder.plan import BuildPlan
 from traitgraph.cli import main
@@ -36,6 +35,8 @@ from traitgraph.evaluate.run import ScoreMemo, eval_inputs, node_result, report_
 from traitgraph.evaluate.scores import CaseScore, ResponseScore, generate, score_cases, vectors_applied
 from traitgraph.graph import load_specs
 from traitgraph.graph.schema import EvalCase, EvalSettings
+
+from conftest import pirate_node, write_tiny_specs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CASE = EvalCase(context="good day to you", response="arr matey good day", rejected="Hello there friend.")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import pirate_node, write_tiny_specs
 
 REPO = Path(__file__).resolve().parents[1]

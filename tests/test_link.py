@@ -14,12 +14,21 @@ from safetensors.torch import load_file, save_file
 
 import traitgraph.linker.link as link_module
 from traitgraph.atomic import sha256_file
-from traitgraph.linker.link import LinkInput, checkpoint_files, link_checkpoint
-from traitgraph.linker.lock import LockBase, LockFile, LockNode, lock_json, read_lock, relink, verify_outputs, write_lock
-from traitgraph.linker.merging import ties
 from traitgraph.compiler.task_vector import TaskVectorMeta, save_task_vector
 from traitgraph.errors import BuildError, UserError
 from traitgraph.graph.schema import MergeSettings
+from traitgraph.linker.link import LinkInput, checkpoint_files, link_checkpoint
+from traitgraph.linker.lock import (
+    LockBase,
+    LockFile,
+    LockNode,
+    lock_json,
+    read_lock,
+    relink,
+    verify_outputs,
+    write_lock,
+)
+from traitgraph.linker.merging import ties
 
 
 def save_vector(path: Path, tensors: dict[str, torch.Tensor], node_id: str) -> Path:

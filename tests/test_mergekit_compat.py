@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from traitgraph.linker.mergekit_config import load_mergekit_config, plan_merge
 from traitgraph.cli import main
 from traitgraph.errors import UserError
+from traitgraph.linker.mergekit_config import load_mergekit_config, plan_merge
 
 from conftest import require_reference
 

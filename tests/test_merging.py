@@ -11,6 +11,8 @@ import typing
 import pytest
 import torch
 
+from traitgraph.errors import UserError
+from traitgraph.graph.schema import MergeMethodName, MergeSettings
 from traitgraph.linker.merging import (
     METHODS,
     MagnitudeTrim,
@@ -26,8 +28,6 @@ from traitgraph.linker.merging import (
     ties,
     trim,
 )
-from traitgraph.errors import UserError
-from traitgraph.graph.schema import MergeMethodName, MergeSettings
 
 from conftest import require_reference
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USER = 2

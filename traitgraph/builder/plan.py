@@ -89,7 +89,7 @@ class BuildPlan:
         return f"BuildPlan({self.spec.specs_dir} -> {self.out.root}, {len(self.hashes)} nodes)"
 
     @classmethod
-    def load(cls, specs_dir: str | Path, out_dir: str | Path, cache_dir: str | Path | None = None) -> "BuildPlan":
+    def load(cls, specs_dir: str | Path, out_dir: str | Path, cache_dir: str | Path | None = None) -> BuildPlan:
         spec = load_specs(specs_dir)
         fingerprint = base_fingerprint_of(spec)
         return cls(
@@ -223,7 +223,7 @@ class OutputLock:
         self.out = out
         self._fh = None
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         self.out.state.mkdir(parents=True, exist_ok=True)
         fh = open(self.out.build_lock, "a+")
         try:
@@ -249,7 +249,7 @@ class OutputLock:
             self._fh.close()
             self._fh = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -30,8 +30,8 @@ def human(n: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from traitgraph.builder.cache import VectorCache
-    from traitgraph.linker.lock import read_lock
     from traitgraph.errors import UserError
+    from traitgraph.linker.lock import read_lock
 
     cache = VectorCache()
     entries = cache.entries()

@@ -198,7 +198,7 @@ class Interference(_Model):
     conflict: list[list[float | None]]
 
     @classmethod
-    def from_result(cls, result) -> "Interference":
+    def from_result(cls, result) -> Interference:
         def rows(m):
             return [[None if math.isnan(x) else float(x) for x in row] for row in m]
 

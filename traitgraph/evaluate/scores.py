@@ -31,7 +31,7 @@ from traitgraph.compiler.data import (
 )
 from traitgraph.compiler.losses import response_token_losses
 from traitgraph.errors import BuildError
-from traitgraph.graph.schema import Example, EvalCase
+from traitgraph.graph.schema import EvalCase, Example
 
 #: Longest eval case or general-text line scored (tokens, chat template included).
 MAX_EVAL_TOKENS = 2048

@@ -28,8 +28,8 @@ import json
 from importlib import resources
 from typing import Any
 
-from traitgraph.versions import TRAINER_VERSION
 from traitgraph.graph.load import Spec
+from traitgraph.versions import TRAINER_VERSION
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-from traitgraph.linker.link import HandlePool, TensorFiles, TensorInfo, read_headers, row_chunks
-from traitgraph.linker.merging import MagnitudeTrim
 from traitgraph.compiler.task_vector import read_task_vector_meta
 from traitgraph.errors import BuildError, UserError
+from traitgraph.linker.link import HandlePool, TensorFiles, TensorInfo, read_headers, row_chunks
+from traitgraph.linker.merging import MagnitudeTrim
 
 
 @dataclass(frozen=True)

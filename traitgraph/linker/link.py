@@ -49,9 +49,9 @@ import torch
 from safetensors import safe_open
 
 from traitgraph.atomic import sha256_file
-from traitgraph.linker.merging import MergeOptions, TensorMerge, derive_seed
 from traitgraph.compiler.task_vector import open_task_vector, read_task_vector_meta
 from traitgraph.errors import BuildError, UserError
+from traitgraph.linker.merging import MergeOptions, TensorMerge, derive_seed
 from traitgraph.linker.shard_writer import ShardWriter
 
 if TYPE_CHECKING:
@@ -521,7 +521,7 @@ def link(
 def link_checkpoint(
     base_dir: Path,
     inputs: list[LinkInput],
-    settings: "MergeSettings",
+    settings: MergeSettings,
     out_dir: Path,
     *,
     progress: bool = True,

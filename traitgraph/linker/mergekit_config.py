@@ -40,9 +40,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from traitgraph.errors import UserError, field_path
 from traitgraph.linker.link import LinkInput, link
 from traitgraph.linker.merging import MergeOptions
-from traitgraph.errors import UserError, field_path
 
 SUPPORTED_METHODS = ("ties", "task_arithmetic", "dare_ties", "dare_linear")
 #: mergekit's default for ``normalize`` per method (its registry's ``default_normalize``).

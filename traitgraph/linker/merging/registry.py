@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from traitgraph.errors import UserError
 from traitgraph.linker.merging.dare import dare_linear, dare_ties, drop_and_rescale
 from traitgraph.linker.merging.task_arithmetic import (
     NORMALIZE_CHOICES,
@@ -36,7 +37,6 @@ from traitgraph.linker.merging.task_arithmetic import (
     task_arithmetic,
 )
 from traitgraph.linker.merging.ties import SIGN_VOTE_CHOICES, DisjointMerge, MagnitudeTrim, SignVote, ties
-from traitgraph.errors import UserError
 
 if TYPE_CHECKING:
     from traitgraph.graph.schema import MergeSettings
@@ -95,7 +95,7 @@ class MergeOptions:
             raise UserError(f"normalize must be one of {', '.join(NORMALIZE_CHOICES)}, got {self.normalize!r}")
 
     @classmethod
-    def from_settings(cls, settings: "MergeSettings") -> "MergeOptions":
+    def from_settings(cls, settings: MergeSettings) -> MergeOptions:
         """The spec's merge settings. ``sign_vote`` and ``normalize`` belong to the sign
         election, so the linear methods (task_arithmetic, dare_linear) add without a divisor,
         W = W_base + λ Σ w_i τ_i, whatever ``normalize`` says."""
