@@ -22,7 +22,10 @@ from pathlib import Path
 
 from traitgraph.atomic import write_text_atomic
 from traitgraph.evaluate.gates import check_gates, gate_failure_message
-from traitgraph.evaluate.markdown import (
+from traitgraph.evaluate.markdown import (  # noqa: F401  (old private names, for old callers)
+    _cell,
+    _f,
+    _pct,
     behaviour_table,
     gates_table,
     interference_table,
@@ -46,6 +49,7 @@ from traitgraph.evaluate.schema import (
     Retention,
     Sample,
     TrainingTrace,
+    _Model,  # noqa: F401
     read_report,
 )
 

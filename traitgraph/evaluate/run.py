@@ -41,6 +41,11 @@ from typing import Any
 from traitgraph import __version__
 from traitgraph.builder.plan import BuildPlan, log_event, remove_outputs
 from traitgraph.errors import BuildError
+
+from traitgraph.evaluate import inputs as _inputs
+from traitgraph.evaluate import results as _results
+from traitgraph.evaluate import scorer as _scorer
+from traitgraph.evaluate import threads as _threads
 from traitgraph.evaluate.inputs import (  # noqa: F401  (re-exported: importable from here as before)
     SCORING_VERSION,
     canonical,
@@ -71,6 +76,16 @@ from traitgraph.evaluate.results import (  # noqa: F401  (node_result re-exporte
 )
 from traitgraph.evaluate.scorer import ModelScorer, case_item
 from traitgraph.evaluate.threads import EVAL_THREADS_ENV, eval_threads, torch_threads  # noqa: F401
+
+# The private helpers this module held before it was split, under their old names, so that code
+# written against the old run.py keeps working; new code imports them from their modules.
+_idle_fraction, _torch_threads = _threads.idle_fraction, _threads.torch_threads
+_shipped, _sha256_text, _canonical = _inputs.shipped, _inputs.sha256_text, _inputs.canonical
+_general_text_hash, _graph_picture = _inputs.general_text_hash, _inputs.graph_picture
+_case_item, _pack, _unpack = _scorer.case_item, _scorer._pack, _scorer._unpack
+_model_score, _measure, _case_value = _results.model_score, _results._measure, _results._case_value
+_prompt_text, _training_traces = _results.prompt_text, _results.training_traces
+_interference = _results.measure_interference
 
 #: Sample generations per node in the report (its first eval prompts).
 SAMPLES_PER_NODE = 2
