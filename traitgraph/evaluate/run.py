@@ -41,7 +41,6 @@ from typing import Any
 from traitgraph import __version__
 from traitgraph.builder.plan import BuildPlan, log_event, remove_outputs
 from traitgraph.errors import BuildError
-
 from traitgraph.evaluate import inputs as _inputs
 from traitgraph.evaluate import results as _results
 from traitgraph.evaluate import scorer as _scorer
