@@ -157,8 +157,8 @@ def write_yaml(path: Path, base: Path, tuned: list[Path], weights: list[float]) 
 
 
 def run_ours(args: argparse.Namespace) -> None:
-    from traitgraph.linker.link import LinkInput, link_checkpoint
     from traitgraph.graph.schema import MergeSettings
+    from traitgraph.linker.link import LinkInput, link_checkpoint
 
     spec = json.loads(args.spec)
     inputs = [LinkInput(f"node{i}", Path(p), w) for i, (p, w) in enumerate(zip(spec["vectors"], spec["weights"]))]
@@ -171,8 +171,8 @@ def run_naive(args: argparse.Namespace) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from traitgraph.linker.merging import ties
     from traitgraph.compiler.task_vector import load_task_vector
+    from traitgraph.linker.merging import ties
 
     spec = json.loads(args.spec)
     base = load_file(Path(spec["base"]) / "model.safetensors")

@@ -15,7 +15,6 @@ fixed thread count, and the machine is shared).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -198,3 +197,18 @@ def _isolated_session(tmp_path_factory):
 def tiny_base_dir(tmp_path_factory) -> Path:
     """Path of a real pico Llama checkpoint directory (see module docstring)."""
     return make_tiny_base(tmp_path_factory.mktemp("tiny-base") / "pico-llama")
+
+
+def require_reference(module: str):
+    """Import a reference implementation (peft, mergekit) a test compares against; missing is a failure.
+
+    These tests are the evidence for the README's "equals peft / mergekit" claims, so a missing
+    package must not pass quietly as a skip.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"reference implementation {module!r} is missing ({exc}); install the test extra: "
+                    "pip install -e '.[test]'", pytrace=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from traitgraph.compiler.base_model import load_model, resolve_base
 from traitgraph.compiler.data import (

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import pirate_node, write_tiny_specs
 
 from traitgraph.builder.plan import BuildPlan
 from traitgraph.cli import main
@@ -36,6 +35,8 @@ from traitgraph.evaluate.run import ScoreMemo, eval_inputs, node_result, report_
 from traitgraph.evaluate.scores import CaseScore, ResponseScore, generate, score_cases, vectors_applied
 from traitgraph.graph import load_specs
 from traitgraph.graph.schema import EvalCase, EvalSettings
+
+from conftest import pirate_node, write_tiny_specs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CASE = EvalCase(context="good day to you", response="arr matey good day", rejected="Hello there friend.")
@@ -185,13 +186,19 @@ def write_project(root: Path, base: Path, pirate_weight: float = 1.0, **eval_set
     return specs
 
 
+#: Gates set close to what this build measures (general-text loss −1.3 %; directed gains curt −7.6 and
+#: pirate +9.8: in 8 steps the pico model does not learn to lose curtness), so they can fail:
+#: test_failed_gates_... shows a heavier pirate weight failing them.
+GATES = {"max_retention_loss_pct": 5.0, "min_behaviour_gain": -10.0}
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_base_dir):
-    """One build through doit, with gates loose enough to pass: (specs, out)."""
+    """One build through doit that passes :data:`GATES`: (specs, out)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("TRAITGRAPH_EVAL_THREADS", "1")
     root = tmp_path_factory.mktemp("eval-build")
-    specs = write_project(root, tiny_base_dir, max_retention_loss_pct=1000.0, min_behaviour_gain=-1000.0)
+    specs = write_project(root, tiny_base_dir, **GATES)
     out = root / "out"
     assert main(["build", str(specs), "-o", str(out)]) == 0
     yield specs, out
@@ -233,12 +240,32 @@ def test_report_command_redraws_from_report_json(built, tmp_path, capsys):
     assert "no evaluation report" in capsys.readouterr().err
 
 
+def _independent_greedy_reply(checkpoint: Path, message: str, max_new_tokens: int) -> str:
+    """Greedy decoding written out here with plain transformers: the tokenizer's own chat template,
+    then argmax of the next-token logits one step at a time, stopping at <|im_end|>."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
+                                        return_dict=True)["input_ids"]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(torch.tensor([ids + new])).logits  # (1, T, vocab)
+            token = int(logits[0, -1].argmax())
+            if token == end:
+                break
+            new.append(token)
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
 def test_chat_prompt_prints_the_models_answer(built, capsys, tiny_base_dir):
     _, out = built
     assert main(["chat", str(out), "--prompt", "good day to you", "--max-new-tokens", "6"]) == 0
     printed = capsys.readouterr().out
-    model, tok = load_model(ResolvedBase(reference="x", path=out / "checkpoint", fingerprint=""))
-    expected = generate(model, tok, [[{"role": "user", "content": "good day to you"}]], max_new_tokens=6)[0]
+    expected = _independent_greedy_reply(out / "checkpoint", "good day to you", max_new_tokens=6)
     assert printed == expected + "\n" and expected
     assert main(["chat", str(out), "--base", "--prompt", "good day to you", "--max-new-tokens", "6"]) == 0
     assert main(["chat", str(tiny_base_dir.parent)]) == 2  # neither a build nor a checkpoint
@@ -248,15 +275,16 @@ def test_failed_gates_exit_2_naming_what_fell_short_after_writing_the_report(bui
     _, out = built
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
-    # Thirty times the pirate vector wrecks general text; no node can gain 1000 nats.
-    strict = write_project(tmp_path, tiny_base_dir, pirate_weight=30.0, max_retention_loss_pct=10.0,
-                           min_behaviour_gain=1000.0)
+    # The same gates as the passing build; thirty times the pirate vector wrecks general text
+    # and overshoots the pirate behaviour itself.
+    strict = write_project(tmp_path, tiny_base_dir, pirate_weight=30.0, **GATES)
     assert main(["link", str(strict), "-o", str(copy)]) == 0  # weights change: relink, no training
     capsys.readouterr()
     assert main(["eval", str(strict), "-o", str(copy), "--threads", "1"]) == 2
     err = capsys.readouterr().err
-    assert "retention: general-text loss rose" in err and "> budget 10.0%" in err
-    assert "node 'curt': directed gain" in err and "< 1000.00" in err
+    assert "failed 2 of 3 gates" in err
+    assert "retention: general-text loss rose" in err and "> budget 5.0%" in err
+    assert "node 'pirate': directed gain -" in err and "< -10.00" in err  # overshot: the margin collapsed
     report = read_report(copy / REPORT_JSON)  # written before the gates failed
     assert not report.passed and (copy / REPORT_MD).is_file()
     assert "**FAIL**" in (copy / REPORT_MD).read_text()

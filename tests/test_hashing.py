@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from specs_factory import default_nodes, default_personality, edit_yaml, eval_case, mutated, write_specs
 
 from traitgraph.graph import load_specs
 from traitgraph.graph.hashing import node_hashes
+
+from specs_factory import default_nodes, default_personality, edit_yaml, eval_case, mutated, write_specs
 
 FINGERPRINT = "sha256:" + "ab" * 32
 ALL = {"alpha", "beta", "gamma", "delta"}

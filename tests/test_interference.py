@@ -8,8 +8,8 @@ import pytest
 import torch
 from test_link import save_vector
 
-from traitgraph.linker.interference import interference, plot_interference
 from traitgraph.cli import main
+from traitgraph.linker.interference import interference, plot_interference
 
 
 def vec(tmp_path, name, tensors):

@@ -14,12 +14,21 @@ from safetensors.torch import load_file, save_file
 
 import traitgraph.linker.link as link_module
 from traitgraph.atomic import sha256_file
-from traitgraph.linker.link import LinkInput, checkpoint_files, link_checkpoint
-from traitgraph.linker.lock import LockBase, LockFile, LockNode, lock_json, read_lock, relink, verify_outputs, write_lock
-from traitgraph.linker.merging import ties
 from traitgraph.compiler.task_vector import TaskVectorMeta, save_task_vector
 from traitgraph.errors import BuildError, UserError
 from traitgraph.graph.schema import MergeSettings
+from traitgraph.linker.link import LinkInput, checkpoint_files, link_checkpoint
+from traitgraph.linker.lock import (
+    LockBase,
+    LockFile,
+    LockNode,
+    lock_json,
+    read_lock,
+    relink,
+    verify_outputs,
+    write_lock,
+)
+from traitgraph.linker.merging import ties
 
 
 def save_vector(path: Path, tensors: dict[str, torch.Tensor], node_id: str) -> Path:
@@ -318,3 +327,28 @@ def test_relink_onto_another_base_fails_and_keeps_the_output(tiny_base_dir, vect
     with pytest.raises(BuildError, match="differs from the lock in: model.safetensors"):
         relink(lock, lambda h: {hex_hash(n): p for n, p in paths.items()}[h], other, tmp_path / "ckpt", progress=False)
     assert verify_outputs(lock, tmp_path / "ckpt") == []
+
+
+def test_streamed_shard_is_byte_for_byte_what_safetensors_writes(tmp_path):
+    """The streaming writer lays a file out as the safetensors package does (order, header, padding)."""
+    from traitgraph.linker.shard_writer import ShardWriter
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "model.norm.weight": torch.randn(7, generator=g).to(torch.bfloat16),
+        "lm_head.weight": torch.randn(5, 3, generator=g),
+        "position_ids": torch.arange(6, dtype=torch.int64).reshape(1, 6),
+        "scale": torch.tensor(2.5, dtype=torch.float16),
+        "a.weight": torch.randn(4, 2, generator=g).to(torch.float16),
+    }
+    save_file(tensors, tmp_path / "reference.safetensors", metadata={"format": "pt"})
+    writer = ShardWriter(tmp_path / "streamed.safetensors", {n: (t.dtype, tuple(t.shape)) for n, t in tensors.items()})
+    for name in writer.order:
+        writer.begin(name)
+        for piece in tensors[name].reshape(-1).split(2):  # in chunks, as the linker writes
+            writer.write(piece)
+        writer.end()
+    digest = writer.close()
+    streamed = (tmp_path / "streamed.safetensors").read_bytes()
+    assert streamed == (tmp_path / "reference.safetensors").read_bytes()
+    assert digest == hashlib.sha256(streamed).hexdigest()

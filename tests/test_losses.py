@@ -106,3 +106,19 @@ def test_logprobs_and_token_losses(model_and_batch):
         alone = response_logprobs(model, collate([e], pad_id(tok)))
         assert abs(logprobs[i].item() - alone.item()) < 1e-4
     assert abs(-logprobs.sum().item() / batch.n_tokens - response_loss(model, batch, "full").item()) < 1e-5
+
+
+def test_no_deprecation_warning_from_our_calls_into_transformers(model_and_batch):
+    """transformers 5.24 deprecates `past_key_values=` (removed in 5.40); the context-frozen loss uses
+    the current `cache` argument, so neither a training step nor scoring warns."""
+    import warnings
+
+    model, _, _, batch = model_and_batch
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        response_loss(model, batch, "frozen").backward()
+        response_token_losses(model, batch)
+    model.zero_grad(set_to_none=True)
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))
+                    or "deprecat" in str(w.message).lower()]
+    assert deprecations == []

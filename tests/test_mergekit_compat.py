@@ -15,9 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from traitgraph.linker.mergekit_config import load_mergekit_config, plan_merge
 from traitgraph.cli import main
 from traitgraph.errors import UserError
+from traitgraph.linker.mergekit_config import load_mergekit_config, plan_merge
+
+from conftest import require_reference
 
 
 def tensors(directory: Path) -> dict[str, torch.Tensor]:
@@ -97,7 +99,7 @@ dtype: float32
 
 def run_mergekit(models: Path, method: str, cli: bool) -> None:
     """``mergekit-yaml`` on CONFIGS[method]: the real CLI, or the function it calls (no start-up cost)."""
-    pytest.importorskip("mergekit")
+    require_reference("mergekit")
     (models / f"{method}.yaml").write_text(CONFIGS[method])
     if cli:
         exe = shutil.which("mergekit-yaml") or str(Path(sys.executable).with_name("mergekit-yaml"))

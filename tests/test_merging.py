@@ -12,6 +12,8 @@ import typing
 import pytest
 import torch
 
+from traitgraph.errors import UserError
+from traitgraph.graph.schema import MergeMethodName, MergeSettings
 from traitgraph.linker.merging import (
     METHODS,
     MagnitudeTrim,
@@ -27,8 +29,8 @@ from traitgraph.linker.merging import (
     ties,
     trim,
 )
-from traitgraph.errors import UserError
-from traitgraph.graph.schema import MergeMethodName, MergeSettings
+
+from conftest import require_reference
 
 T = torch.tensor
 
@@ -211,7 +213,7 @@ def test_tensor_merge_in_chunks_equals_the_pure_function(method, sign_vote, norm
 @pytest.mark.parametrize("weights", [[0.7, 1.3, 0.4], [1.0, -0.5, 0.8], [-1.0, -0.3, 2.0]])
 @pytest.mark.parametrize("density", [0.1, 0.5, 1.0])
 def test_equals_peft_ties(weights, density):
-    merge_utils = pytest.importorskip("peft.utils.merge_utils")
+    merge_utils = require_reference("peft.utils.merge_utils")
     taus = [randn(48, 40, seed=s) for s in range(3)]
     ours = ties(taus, weights, density, sign_vote="unweighted", normalize="count")
     ref = merge_utils.ties(taus, torch.tensor(weights), density) if density < 1 else _peft_no_warning(merge_utils, taus, weights)
@@ -224,14 +226,14 @@ def _peft_no_warning(merge_utils, taus, weights):
 
 
 def test_equals_peft_task_arithmetic():
-    merge_utils = pytest.importorskip("peft.utils.merge_utils")
+    merge_utils = require_reference("peft.utils.merge_utils")
     taus = [randn(30, seed=s) for s in range(3)]
     w = [0.5, -1.0, 2.0]
     assert torch.allclose(task_arithmetic(taus, w), merge_utils.task_arithmetic(taus, torch.tensor(w)), atol=1e-6)
 
 
 def _mergekit(method, base, taus, weights, densities, **params):
-    merge_methods = pytest.importorskip("mergekit.merge_methods")
+    merge_methods = require_reference("mergekit.merge_methods")
     n = len(taus)
     parameters = {"weight": {i + 1: weights[i] for i in range(n)}, "density": {i + 1: densities[i] for i in range(n)}, **params}
     return merge_methods.merge_tensors([base] + [base + t for t in taus], method, base_index=0, parameters=parameters)

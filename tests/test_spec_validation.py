@@ -21,6 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from traitgraph.cli import main
+from traitgraph.errors import SpecError
+from traitgraph.graph import load_specs
+
 from specs_factory import (
     default_nodes,
     default_personality,
@@ -29,10 +34,6 @@ from specs_factory import (
     snapshot,
     write_specs,
 )
-
-from traitgraph.cli import main
-from traitgraph.errors import SpecError
-from traitgraph.graph import load_specs
 
 VALID_NODE_YAML = """\
 id: beta

@@ -192,14 +192,43 @@ def test_parent_on_another_base_is_refused(tiny_specs, tmp_path):
 
 
 @pytest.mark.parametrize("source", ["general", "other_nodes"])
-def test_replay_mixes_into_each_batch(tiny_specs, tmp_path, source):
+def test_replay_mixes_into_each_batch(tiny_specs, tmp_path, monkeypatch, source):
+    """Every batch holds the node's own rows first, then replay rows that really come from the source."""
+    from traitgraph.compiler.data import load_general_text
+
     other = pirate_node()
     other["examples"] = [{"context": f"count {i}", "response": f"number {i}"} for i in range(3)]
     other["eval"] = [{"context": "count ten", "response": "number 10"}]
-    training = {"steps": 2, "replay": {"fraction": 0.5, "source": source}}
+    training = {"steps": 3, "replay": {"fraction": 0.5, "source": source}}
     spec, base = _setup(tiny_specs(nodes={"pirate": pirate_node(), "counting": other}, training=training))
+    batches: list[list] = []
+    real_collate = train_module.collate
+
+    def recording_collate(rows, pad):  # the real collate, watched
+        batches.append(list(rows))
+        return real_collate(rows, pad)
+
+    monkeypatch.setattr(train_module, "collate", recording_collate)
     meta = train_node(spec, "pirate", base, tmp_path / "p.safetensors", progress=False)
-    assert meta.steps == 2 and meta.training["replay"] == {"fraction": 0.5, "source": source}
+    assert meta.steps == 3 and len(batches) == 3
+
+    _, tokenizer = load_model(base)
+    pirate_contexts = [ex["context"] for ex in pirate_node()["examples"]]
+    general = load_general_text()
+
+    def text(row) -> str:
+        return tokenizer.decode(list(row.context) + list(row.response), skip_special_tokens=True)
+
+    def from_source(row) -> bool:
+        if source == "general":
+            return any(line.startswith(text(row)) for line in general)
+        return any(f"count {i}" in text(row) and f"number {i}" in text(row) for i in range(3))
+
+    for rows in batches:
+        assert len(rows) == 4  # batch_size 4 at fraction 0.5: two of the node's rows, two replayed
+        own, replayed = rows[:2], rows[2:]
+        assert all(any(c in text(r) for c in pirate_contexts) for r in own), [text(r) for r in own]
+        assert all(from_source(r) for r in replayed), [text(r) for r in replayed]
     assert replay_count(4, 0.5) == 2 and replay_count(4, 0.01) == 1 and replay_count(4, 0.0) == 0
 
 

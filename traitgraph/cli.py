@@ -5,7 +5,8 @@ two functions: ``add_arguments(parser)`` and ``run(args) -> int``. Modules
 import heavy libraries (torch, transformers) inside ``run`` so that
 ``traitgraph --help`` and ``traitgraph check`` start fast.
 
-Exit status: 0 success, 1 a failed run (a bug, a traceback), 2 a user mistake
+Exit status (:mod:`traitgraph.errors`): 0 success, 1 an internal error (a
+bug, with its traceback), 2 a user mistake or a failed gate
 (:class:`traitgraph.errors.UserError`, printed without a traceback).
 """
 
@@ -16,7 +17,7 @@ import importlib
 import sys
 
 from traitgraph import __version__
-from traitgraph.errors import UserError, environment_error
+from traitgraph.errors import EXIT_USER, UserError, environment_error
 
 #: name -> one-line help; the module is traitgraph.commands.<name with - as _>
 COMMANDS: dict[str, str] = {
@@ -90,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(_command_module(args.command).run(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER
     except (OSError, RecursionError) as exc:  # a full disk, an unwritable directory: no traceback
         user_error = environment_error(exc)
         if user_error is None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
-        return 2
+        return EXIT_USER
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

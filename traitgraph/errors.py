@@ -4,12 +4,22 @@
   missing file, an unreachable model. The CLI prints them without a traceback
   and exits with status 2.
 * Anything else is a bug or a failed run and keeps its traceback.
+
+Exit status, the same for every command (``traitgraph build``, ``eval``,
+``link``, ``check``... and ``doit``): :data:`EXIT_OK` (0) success,
+:data:`EXIT_INTERNAL` (1) an internal error (a bug: traceback printed),
+:data:`EXIT_USER` (2) a user error or a failed gate (``error: ...``, no
+traceback). Interrupted with Ctrl-C: 130.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USER = 2
 
 
 def field_path(loc: tuple) -> str:

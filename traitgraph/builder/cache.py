@@ -76,7 +76,7 @@ class VectorCache:
     """Task vectors by training hash.
 
     >>> cache = VectorCache()                            # doctest: +SKIP
-    >>> cache.is_fresh(h) or train_into(cache.vector_path(h))
+    >>> cache.is_fresh(h) or train_into(cache.vector_path(h))  # doctest: +SKIP
     """
 
     def __init__(self, root: str | os.PathLike | None = None):

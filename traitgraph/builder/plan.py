@@ -91,7 +91,7 @@ class BuildPlan:
         return f"BuildPlan({self.spec.specs_dir} -> {self.out.root}, {len(self.hashes)} nodes)"
 
     @classmethod
-    def load(cls, specs_dir: str | Path, out_dir: str | Path, cache_dir: str | Path | None = None) -> "BuildPlan":
+    def load(cls, specs_dir: str | Path, out_dir: str | Path, cache_dir: str | Path | None = None) -> BuildPlan:
         spec = load_specs(specs_dir)
         fingerprint = base_fingerprint_of(spec)
         return cls(

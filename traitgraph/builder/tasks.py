@@ -116,9 +116,9 @@ def verified_vector(plan: BuildPlan, node_id: str) -> Path:
 def link_action(plan: BuildPlan) -> None:
     """Link every node's vector into OUT/checkpoint and write the lock file."""
     from traitgraph import __version__
+    from traitgraph.compiler.base_model import resolve_base
     from traitgraph.linker.link import LinkInput, link_checkpoint
     from traitgraph.linker.lock import LockBase, LockFile, LockNode, write_lock
-    from traitgraph.compiler.base_model import resolve_base
 
     spec = plan.spec
     inputs, nodes = [], []

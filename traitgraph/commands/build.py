@@ -14,6 +14,8 @@ from traitgraph.commands.args import positive_int
 
 #: arguments after `--` go to doit
 TAKES_PASSTHROUGH = True
+#: doit's own status for a mistake before any task runs (an unknown task or option); reported as 2
+DOIT_COMMAND_LINE_ERROR = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from traitgraph.builder.doit_state import BACKEND_NAME, BACKEND_PLUGIN
     from traitgraph.builder.tasks import runs_tasks
+    from traitgraph.errors import EXIT_USER
     from traitgraph.pipeline import open_build
 
     extra = list(args.passthrough)  # doit arguments after --
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
         watch_workers()  # a worker killed outright would leave doit waiting forever
     try:
-        return DoitMain(loader, extra_config={"BACKEND": BACKEND_PLUGIN}).run(doit_args)
+        code = DoitMain(loader, extra_config={"BACKEND": BACKEND_PLUGIN}).run(doit_args)
+        return EXIT_USER if code == DOIT_COMMAND_LINE_ERROR else code  # 0 done, 1 bug, 2 user error or gate
     finally:
         if build.plan.executor is not None:
             build.plan.executor.close()

@@ -40,8 +40,8 @@ def print_cache_key(specs_dir: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from traitgraph.builder.cache import VectorCache
-    from traitgraph.linker.lock import read_lock
     from traitgraph.errors import UserError
+    from traitgraph.linker.lock import read_lock
 
     if args.action == "key":
         return print_cache_key(args.specs)

@@ -42,9 +42,9 @@ def checkpoint_dir(out_dir: Path) -> Path:
 
 
 def _model_ref(args: argparse.Namespace):
-    from traitgraph.linker.lock import read_lock
     from traitgraph.compiler.base_model import ResolvedBase, resolve_base
     from traitgraph.errors import UserError
+    from traitgraph.linker.lock import read_lock
 
     out_dir = Path(args.out_dir)
     checkpoint = checkpoint_dir(out_dir)

@@ -21,9 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from traitgraph.linker.interference import interference, plot_interference
     from traitgraph.compiler.task_vector import read_task_vector_meta
     from traitgraph.errors import UserError
+    from traitgraph.linker.interference import interference, plot_interference
 
     paths = [Path(p) for p in args.vectors]
     missing = [str(p) for p in paths if not p.is_file()]

@@ -23,11 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from traitgraph.builder.cache import VectorCache
     from traitgraph.builder.output_dir import check_output_dir
-    from traitgraph.linker.lock import read_lock, relink
     from traitgraph.builder.plan import BuildPlan, OutputLayout, OutputLock, write_stamps
     from traitgraph.builder.tasks import link_action
     from traitgraph.compiler.base_model import base_fingerprint, resolve_base
     from traitgraph.errors import BuildError, UserError
+    from traitgraph.linker.lock import read_lock, relink
 
     if args.lock is None:
         plan = BuildPlan.load(args.specs_dir, args.out or "out")

@@ -3,6 +3,6 @@
 Importing this package is cheap (no torch); the modules inside import it.
 """
 
-#: Bump when a change to the training code changes the vectors it produces;
-#: it is part of every node's training hash, so old cache entries go stale.
-TRAINER_VERSION = "1"
+from traitgraph.versions import TRAINER_VERSION  # re-exported: the version of the code in this package
+
+__all__ = ["TRAINER_VERSION"]

@@ -61,7 +61,7 @@ def _frozen_logits(model, batch: Batch) -> torch.Tensor:
                 position_ids=position_ids(prefix_mask),
                 use_cache=True,
                 logits_to_keep=1,  # the logits are not needed; keep the lm_head cheap
-            ).past_key_values
+            ).cache
     # [last context token, response[:-1]]: row i has 1 + (len_i - 1) real tokens
     step_ids = torch.cat([batch.context_ids[:, -1:], batch.response_ids[:, :-1]], dim=1)  # (B, Tr)
     step_mask = torch.cat([batch.context_mask[:, -1:], batch.response_mask[:, :-1]], dim=1)
@@ -70,7 +70,7 @@ def _frozen_logits(model, batch: Batch) -> torch.Tensor:
         input_ids=step_ids,
         attention_mask=mask,
         position_ids=position_ids(mask)[:, prefix_ids.shape[1] :],
-        past_key_values=past,
+        cache=past,
         use_cache=past is not None,
     )
     return out.logits

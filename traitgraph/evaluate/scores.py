@@ -8,7 +8,7 @@ through the compiler's own chat template code
 exactly the tokens training put its loss on, end-of-turn token included.
 
 >>> scores = score_cases(model, tok, spec.nodes["voice"].spec.eval)   # doctest: +SKIP
->>> scores[0].margin       # log p(response) - log p(rejected), summed over tokens
+>>> scores[0].margin  # log p(response) - log p(rejected), summed over tokens  # doctest: +SKIP
 3.71
 """
 
@@ -31,7 +31,7 @@ from traitgraph.compiler.data import (
 )
 from traitgraph.compiler.losses import response_token_losses
 from traitgraph.errors import BuildError
-from traitgraph.graph.schema import Example, EvalCase
+from traitgraph.graph.schema import EvalCase, Example
 
 #: Longest eval case or general-text line scored (tokens, chat template included).
 MAX_EVAL_TOKENS = 2048

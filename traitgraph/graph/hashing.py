@@ -4,7 +4,7 @@ A node's **training hash** is the sha256 of a canonical JSON document holding
 everything that can change its trained task vector, and nothing else:
 
 ===================  =====================================================
-``trainer``          :data:`traitgraph.compiler.TRAINER_VERSION`
+``trainer``          :data:`traitgraph.versions.TRAINER_VERSION`
 ``node.id``          the node id
 ``node.examples``    every training example after validation (inline and
                      from ``examples_file``, parsed, in order)
@@ -30,9 +30,9 @@ import json
 from importlib import resources
 from typing import Any
 
-from traitgraph.compiler import TRAINER_VERSION
 from traitgraph.compiler.device import base_parameters, training_record
 from traitgraph.graph.load import Spec
+from traitgraph.versions import TRAINER_VERSION
 
 
 def canonical_json(obj: Any) -> bytes:

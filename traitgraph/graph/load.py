@@ -318,6 +318,10 @@ def load_specs(specs_dir: str | Path) -> Spec:
     """Load, validate and return the personality in ``specs_dir``.
 
     Raises :class:`SpecError` listing every problem found.
+
+    >>> spec = load_specs("specs")                         # doctest: +SKIP
+    >>> spec.build_order()                                 # doctest: +SKIP
+    ['voice', 'curt', ...]
     """
     specs_dir = Path(specs_dir)
     problems: list[SpecProblem] = []
@@ -325,94 +329,14 @@ def load_specs(specs_dir: str | Path) -> Spec:
         what = "is a file, not a directory" if specs_dir.exists() else "does not exist"
         raise SpecError([SpecProblem(file=specs_dir, message=f"specs directory {what}",
                                      hint="pass the directory that holds personality.yaml and nodes/")])
-
     personality_file = specs_dir / PERSONALITY_FILE
-    personality: Personality | None = None
-    if not personality_file.is_file():
-        problems.append(
-            SpecProblem(
-                file=personality_file, message="missing personality file",
-                hint="create it with at least `name:`; see specs/personality.yaml in the traitgraph repo",
-            )
-        )
-    else:
-        data = _read_yaml_mapping(personality_file, problems, None, specs_dir)
-        if data is not None:
-            personality = _validate(Personality, data, personality_file, None, problems)
-        if personality is not None and personality.eval.general_text is not None:
-            _check_general_text(personality.eval.general_text, personality_file, specs_dir, problems)
-
-    nodes_dir = specs_dir / NODES_DIR
-    # Hidden files (editor locks and backups such as `.#voice.yaml`) are not nodes.
-    node_files = sorted(
-        p for p in [*nodes_dir.glob("*.yaml"), *nodes_dir.glob("*.yml")] if not p.name.startswith(".")
-    ) if nodes_dir.is_dir() else []
-    if not node_files:
-        problems.append(
-            SpecProblem(file=nodes_dir, message="no node files (nodes/<id>.yaml)", hint="add at least one behaviour node")
-        )
-
+    personality = _load_personality(personality_file, specs_dir, problems)
+    node_files = _node_files(specs_dir / NODES_DIR, problems)
     nodes: dict[str, LoadedNode] = {}
     for file in node_files:
-        stem = file.stem
-        data = _read_yaml_mapping(file, problems, stem, specs_dir)
-        if data is None:
-            continue
-        node_name = data.get("id") if isinstance(data.get("id"), str) else stem
-        node = _validate(NodeSpec, data, file, node_name, problems)
-        if node is None:
-            continue
-        if node.id != stem:
-            problems.append(
-                SpecProblem(
-                    file=file, node=node.id, field="id",
-                    message=f"id '{node.id}' differs from the file name '{file.name}'",
-                    hint=f"rename the file to {node.id}.yaml or set `id: {stem}`",
-                )
-            )
-            continue
-        if node.id in nodes:
-            problems.append(
-                SpecProblem(
-                    file=file, node=node.id, field="id",
-                    message=f"duplicate id: also defined in {nodes[node.id].file}",
-                    hint="keep one of nodes/<id>.yaml and nodes/<id>.yml",
-                )
-            )
-            continue
-        examples = node.examples
-        data_files: tuple[Path, ...] = ()
-        if node.examples_file is not None:
-            more, target = _load_examples_file(node, file, specs_dir, problems)
-            examples = examples + more
-            data_files = (target,) if target is not None else ()
-        if not examples and node.examples_file is None:
-            problems.append(
-                SpecProblem(
-                    file=file, node=node.id, field="examples", message="no training examples",
-                    hint="add at least one {context, response} under `examples:` or set `examples_file:`",
-                )
-            )
-        if not node.eval:
-            problems.append(
-                SpecProblem(
-                    file=file, node=node.id, field="eval", message="no held-out eval cases",
-                    hint="add cases under `eval:` (with `rejected:` for contrastive scoring)",
-                )
-            )
-        trained = {tuple(map(str, ex.chat())) for ex in examples}
-        for kind, cases in (("eval", node.eval), ("ood", node.ood)):
-            for i, case in enumerate(cases):
-                if tuple(map(str, case.chat())) in trained:
-                    problems.append(
-                        SpecProblem(
-                            file=file, node=node.id, field=f"{kind}[{i}]",
-                            message=f"this {kind} case repeats a training context, so it is not held out",
-                            hint=f"write a new context for the {kind} case",
-                        )
-                    )
-        nodes[node.id] = LoadedNode(spec=node, file=file, examples=examples, data_files=data_files)
-
+        loaded = _load_node(file, specs_dir, nodes, problems)
+        if loaded is not None:
+            nodes[loaded.spec.id] = loaded
     # Graph checks run even when some files failed, to report everything at
     # once; an edge to a node whose file exists but failed to load is not
     # reported as dangling (its own problem is).
@@ -422,6 +346,103 @@ def load_specs(specs_dir: str | Path) -> Spec:
     if personality is None or problems:
         raise SpecError(problems)
     return Spec(specs_dir=specs_dir, personality_file=personality_file, personality=personality, nodes=nodes)
+
+
+def _load_personality(personality_file: Path, specs_dir: Path, problems: list[SpecProblem]) -> Personality | None:
+    if not personality_file.is_file():
+        problems.append(
+            SpecProblem(
+                file=personality_file, message="missing personality file",
+                hint="create it with at least `name:`; see specs/personality.yaml in the traitgraph repo",
+            )
+        )
+        return None
+    data = _read_yaml_mapping(personality_file, problems, None, specs_dir)
+    personality = None if data is None else _validate(Personality, data, personality_file, None, problems)
+    if personality is not None and personality.eval.general_text is not None:
+        _check_general_text(personality.eval.general_text, personality_file, specs_dir, problems)
+    return personality
+
+
+def _node_files(nodes_dir: Path, problems: list[SpecProblem]) -> list[Path]:
+    # Hidden files (editor locks and backups such as `.#voice.yaml`) are not nodes.
+    node_files = sorted(
+        p for p in [*nodes_dir.glob("*.yaml"), *nodes_dir.glob("*.yml")] if not p.name.startswith(".")
+    ) if nodes_dir.is_dir() else []
+    if not node_files:
+        problems.append(
+            SpecProblem(file=nodes_dir, message="no node files (nodes/<id>.yaml)", hint="add at least one behaviour node")
+        )
+    return node_files
+
+
+def _load_node(
+    file: Path, specs_dir: Path, loaded: dict[str, LoadedNode], problems: list[SpecProblem]
+) -> LoadedNode | None:
+    """One node file, validated, with its examples file read; ``None`` (and problems) when it fails."""
+    stem = file.stem
+    data = _read_yaml_mapping(file, problems, stem, specs_dir)
+    if data is None:
+        return None
+    node_name = data.get("id") if isinstance(data.get("id"), str) else stem
+    node = _validate(NodeSpec, data, file, node_name, problems)
+    if node is None:
+        return None
+    if node.id != stem:
+        problems.append(
+            SpecProblem(
+                file=file, node=node.id, field="id",
+                message=f"id '{node.id}' differs from the file name '{file.name}'",
+                hint=f"rename the file to {node.id}.yaml or set `id: {stem}`",
+            )
+        )
+        return None
+    if node.id in loaded:
+        problems.append(
+            SpecProblem(
+                file=file, node=node.id, field="id",
+                message=f"duplicate id: also defined in {loaded[node.id].file}",
+                hint="keep one of nodes/<id>.yaml and nodes/<id>.yml",
+            )
+        )
+        return None
+    examples = node.examples
+    data_files: tuple[Path, ...] = ()
+    if node.examples_file is not None:
+        more, target = _load_examples_file(node, file, specs_dir, problems)
+        examples = examples + more
+        data_files = (target,) if target is not None else ()
+    _content_problems(node, file, examples, problems)
+    return LoadedNode(spec=node, file=file, examples=examples, data_files=data_files)
+
+
+def _content_problems(node: NodeSpec, file: Path, examples, problems: list[SpecProblem]) -> None:
+    """A node needs training examples and held-out eval cases that training never saw."""
+    if not examples and node.examples_file is None:
+        problems.append(
+            SpecProblem(
+                file=file, node=node.id, field="examples", message="no training examples",
+                hint="add at least one {context, response} under `examples:` or set `examples_file:`",
+            )
+        )
+    if not node.eval:
+        problems.append(
+            SpecProblem(
+                file=file, node=node.id, field="eval", message="no held-out eval cases",
+                hint="add cases under `eval:` (with `rejected:` for contrastive scoring)",
+            )
+        )
+    trained = {tuple(map(str, ex.chat())) for ex in examples}
+    for kind, cases in (("eval", node.eval), ("ood", node.ood)):
+        for i, case in enumerate(cases):
+            if tuple(map(str, case.chat())) in trained:
+                problems.append(
+                    SpecProblem(
+                        file=file, node=node.id, field=f"{kind}[{i}]",
+                        message=f"this {kind} case repeats a training context, so it is not held out",
+                        hint=f"write a new context for the {kind} case",
+                    )
+                )
 
 
 def _near_miss(name: str, known: list[str]) -> str | None:

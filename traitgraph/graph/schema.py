@@ -71,7 +71,7 @@ class Example(Strict):
     response: str = Field(min_length=1, description="The assistant's wanted reply.")
 
     @model_validator(mode="after")
-    def _one_context(self) -> "Example":
+    def _one_context(self) -> Example:
         if (self.context is None) == (self.messages is None):
             raise ValueError("give exactly one of `context` (a user message) or `messages` (a chat)")
         if self.messages is not None:

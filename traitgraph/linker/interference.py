@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-from traitgraph.linker.link import HandlePool, TensorFiles, read_headers, row_chunks
-from traitgraph.linker.merging import MagnitudeTrim
 from traitgraph.compiler.task_vector import read_task_vector_meta
 from traitgraph.errors import BuildError, UserError
+from traitgraph.linker.link import HandlePool, TensorFiles, TensorInfo, read_headers, row_chunks
+from traitgraph.linker.merging import MagnitudeTrim
 
 
 @dataclass(frozen=True)
@@ -87,68 +87,92 @@ def interference(
     names = list(paths)
     signs = [1.0 if weights is None or weights.get(n, 1.0) >= 0 else -1.0 for n in names]
     pool = HandlePool()
+    try:
+        files, infos = _open_vectors(paths, pool)
+        totals = _PairTotals(len(names))
+        for tensor in sorted(infos):
+            totals.add_tensor(tensor, infos[tensor], files, signs, density)
+    finally:
+        pool.close()
+    cosine, overlap, conflict = totals.matrices()
+    entries = sum(info.numel for info in infos.values())
+    return InterferenceResult(names, density, cosine, overlap, conflict, entries)
+
+
+def _open_vectors(paths: dict[str, Path], pool: HandlePool) -> tuple[list[TensorFiles], dict[str, TensorInfo]]:
+    """Each vector's tensor files, and every tensor name -> its shape (the same in every vector)."""
     files: list[TensorFiles] = []
-    for name in names:
-        path = Path(paths[name])
+    for name, path in paths.items():
+        path = Path(path)
         if not path.is_file():
             raise BuildError(f"node '{name}': task vector not found: {path}")
         read_task_vector_meta(path)
         files.append(TensorFiles(read_headers([path], True, f"node '{name}'"), pool, task_vector=True))
-    infos = {}
-    for name, f in zip(names, files):
+    infos: dict[str, TensorInfo] = {}
+    for name, f in zip(paths, files):
         for tensor, info in f.infos.items():
             if tensor in infos and infos[tensor].shape != info.shape:
-                raise BuildError(f"node '{name}': tensor '{tensor}' has shape {list(info.shape)}, another vector has {list(infos[tensor].shape)}")
+                raise BuildError(
+                    f"node '{name}': tensor '{tensor}' has shape {list(info.shape)}, "
+                    f"another vector has {list(infos[tensor].shape)}"
+                )
             infos.setdefault(tensor, info)
+    return files, infos
 
-    n = len(names)
-    dot = torch.zeros(n, n, dtype=torch.float64)
-    both = torch.zeros(n, n, dtype=torch.float64)
-    either = torch.zeros(n, n, dtype=torch.float64)
-    differ = torch.zeros(n, n, dtype=torch.float64)
-    try:
-        for tensor in sorted(infos):
-            info = infos[tensor]
-            have = [i for i, f in enumerate(files) if tensor in f.infos]
-            trims = {}
-            for i in have:  # fit each vector's trim on its whole |τ| (as the linker does)
-                magnitudes = torch.empty(info.numel, dtype=torch.float32)
-                for r0, r1, start in row_chunks(info):
-                    chunk = files[i].read_rows(tensor, r0, r1).to(torch.float32)
-                    magnitudes[start : start + chunk.numel()] = chunk.abs()
-                trims[i] = MagnitudeTrim.fit(magnitudes, density)
-                del magnitudes
-            for r0, r1, _ in row_chunks(info):
-                taus = {i: files[i].read_rows(tensor, r0, r1).to(torch.float32) * signs[i] for i in have}
-                kept = {i: trims[i].apply(t) for i, t in taus.items()}
-                sign = {i: torch.sign(k).to(torch.int8) for i, k in kept.items()}
-                for a, b in itertools.combinations_with_replacement(have, 2):
-                    dot[a, b] += float(torch.dot(taus[a], taus[b]))
-                    if a == b:
-                        continue
-                    ka, kb = sign[a] != 0, sign[b] != 0
-                    both[a, b] += int((ka & kb).sum())
-                    either[a, b] += int((ka | kb).sum())
-                    differ[a, b] += int((sign[a] * sign[b] < 0).sum())
-                for i in have:  # a vector lacking this tensor still has its entries in the union
-                    for j in set(range(n)) - set(have):
-                        either[min(i, j), max(i, j)] += int((sign[i] != 0).sum())
-    finally:
-        pool.close()
 
-    norms = dot.diagonal().sqrt()
-    cosine = [[0.0] * n for _ in range(n)]
-    overlap = [[0.0] * n for _ in range(n)]
-    conflict = [[0.0] * n for _ in range(n)]
-    for a in range(n):
-        cosine[a][a], overlap[a][a] = (1.0 if norms[a] > 0 else 0.0), 1.0
-        for b in range(a + 1, n):
-            denom = float(norms[a] * norms[b])
-            cosine[a][b] = cosine[b][a] = float(dot[a, b]) / denom if denom > 0 else 0.0
-            overlap[a][b] = overlap[b][a] = float(both[a, b] / either[a, b]) if either[a, b] > 0 else 0.0
-            conflict[a][b] = conflict[b][a] = float(differ[a, b] / both[a, b]) if both[a, b] > 0 else float("nan")
-    entries = sum(info.numel for info in infos.values())
-    return InterferenceResult(names, density, cosine, overlap, conflict, entries)
+class _PairTotals:
+    """Running pairwise sums over every tensor: dot products, and kept entries in both, either, of opposite sign."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.dot = torch.zeros(n, n, dtype=torch.float64)
+        self.both = torch.zeros(n, n, dtype=torch.float64)
+        self.either = torch.zeros(n, n, dtype=torch.float64)
+        self.differ = torch.zeros(n, n, dtype=torch.float64)
+
+    def add_tensor(self, tensor: str, info: TensorInfo, files: list[TensorFiles], signs: list[float],
+                   density: float) -> None:
+        have = [i for i, f in enumerate(files) if tensor in f.infos]
+        trims = {}
+        for i in have:  # fit each vector's trim on its whole |τ| (as the linker does)
+            magnitudes = torch.empty(info.numel, dtype=torch.float32)
+            for r0, r1, start in row_chunks(info):
+                chunk = files[i].read_rows(tensor, r0, r1).to(torch.float32)
+                magnitudes[start : start + chunk.numel()] = chunk.abs()
+            trims[i] = MagnitudeTrim.fit(magnitudes, density)
+            del magnitudes
+        for r0, r1, _ in row_chunks(info):
+            taus = {i: files[i].read_rows(tensor, r0, r1).to(torch.float32) * signs[i] for i in have}
+            self._add_chunk(have, taus, {i: torch.sign(trims[i].apply(t)).to(torch.int8) for i, t in taus.items()})
+
+    def _add_chunk(self, have: list[int], taus: dict[int, torch.Tensor], sign: dict[int, torch.Tensor]) -> None:
+        for a, b in itertools.combinations_with_replacement(have, 2):
+            self.dot[a, b] += float(torch.dot(taus[a], taus[b]))
+            if a == b:
+                continue
+            ka, kb = sign[a] != 0, sign[b] != 0
+            self.both[a, b] += int((ka & kb).sum())
+            self.either[a, b] += int((ka | kb).sum())
+            self.differ[a, b] += int((sign[a] * sign[b] < 0).sum())
+        for i in have:  # a vector lacking this tensor still has its entries in the union
+            for j in set(range(self.n)) - set(have):
+                self.either[min(i, j), max(i, j)] += int((sign[i] != 0).sum())
+
+    def matrices(self) -> tuple[list[list[float]], list[list[float]], list[list[float]]]:
+        """Cosine, overlap and sign conflict, symmetric n × n (conflict NaN where no entry is shared)."""
+        n, norms = self.n, self.dot.diagonal().sqrt()
+        cosine = [[0.0] * n for _ in range(n)]
+        overlap = [[0.0] * n for _ in range(n)]
+        conflict = [[0.0] * n for _ in range(n)]
+        for a in range(n):
+            cosine[a][a], overlap[a][a] = (1.0 if norms[a] > 0 else 0.0), 1.0
+            for b in range(a + 1, n):
+                denom = float(norms[a] * norms[b])
+                both, either = self.both[a, b], self.either[a, b]
+                cosine[a][b] = cosine[b][a] = float(self.dot[a, b]) / denom if denom > 0 else 0.0
+                overlap[a][b] = overlap[b][a] = float(both / either) if either > 0 else 0.0
+                conflict[a][b] = conflict[b][a] = float(self.differ[a, b] / both) if both > 0 else float("nan")
+        return cosine, overlap, conflict
 
 
 def plot_interference(result: InterferenceResult, png_path: str | os.PathLike) -> Path:

@@ -8,8 +8,9 @@
 the base tensor and each task vector's tensor are read through ``safe_open``
 in row chunks of at most :data:`CHUNK_ELEMENTS` entries, merged in float32
 (:class:`~traitgraph.linker.merging.TensorMerge`), cast to the output dtype and
-written straight into the output shard: each shard's safetensors header is
-computed up front from the base's shapes, so no shard is ever held in memory.
+written straight into the output shard by
+:class:`~traitgraph.linker.shard_writer.ShardWriter` (the safetensors layout,
+header computed up front from the base's shapes), so no shard is ever held in memory.
 TIES first reads each vector's whole tensor once to fit its trim threshold.
 Peak memory is therefore about one float32 copy of the largest tensor (TIES's
 magnitudes) plus a few chunks, whatever the model size or the number of
@@ -32,13 +33,11 @@ sorted keys.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
 import re
 import shutil
-import struct
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,10 +48,11 @@ import torch
 from safetensors import safe_open
 
 from traitgraph.atomic import sha256_file
-from traitgraph.linker.merging import MergeOptions, TensorMerge, derive_seed, get_method, merge_whole
 from traitgraph.compiler.task_vector import open_task_vector, read_task_vector_meta
 from traitgraph.errors import BuildError, UserError
 from traitgraph.linker.install import check_replaceable, install, open_staging
+from traitgraph.linker.merging import MergeOptions, TensorMerge, derive_seed, get_method, merge_whole
+from traitgraph.linker.shard_writer import ShardWriter
 
 if TYPE_CHECKING:
     from traitgraph.graph.schema import MergeSettings
@@ -62,12 +62,6 @@ CHUNK_ELEMENTS = 1 << 20
 #: Bytes read through memory maps before every handle is closed (drops the mapped pages).
 READ_BUDGET = 64 << 20
 
-SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}
-DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 SINGLE_FILE = "model.safetensors"
@@ -164,6 +158,14 @@ class TensorInfo:
         return self.numel * self.dtype.itemsize
 
 
+def _tensor_info(handle, name: str, path: Path) -> TensorInfo:
+    """Shape and torch dtype of one tensor, as ``safetensors`` maps its header (an empty slice is read)."""
+    view = handle.get_slice(name)
+    shape = tuple(view.get_shape())
+    dtype = view[:0].dtype if shape else handle.get_tensor(name).dtype  # a 0-d tensor is one value
+    return TensorInfo(path, shape, dtype)
+
+
 def read_headers(files: Sequence[Path], task_vector: bool, what: str) -> dict[str, TensorInfo]:
     """Name -> shape, dtype and file of every tensor in ``files`` (headers only)."""
     infos: dict[str, TensorInfo] = {}
@@ -172,11 +174,7 @@ def read_headers(files: Sequence[Path], task_vector: bool, what: str) -> dict[st
             opener = open_task_vector if task_vector else (lambda p: safe_open(str(p), framework="pt"))
             with opener(path) as handle:
                 for name in handle.keys():
-                    view = handle.get_slice(name)
-                    dtype_name = view.get_dtype()
-                    if dtype_name not in SAFETENSORS_DTYPES:
-                        raise BuildError(f"{what}: tensor '{name}' in {path} has dtype {dtype_name}, which the linker does not read")
-                    infos[name] = TensorInfo(path, tuple(view.get_shape()), SAFETENSORS_DTYPES[dtype_name])
+                    infos[name] = _tensor_info(handle, name, path)
         except BuildError:
             raise
         except Exception as exc:  # safetensors raises several types for a torn file
@@ -313,60 +311,6 @@ def _plan_shards(names: Sequence[str], sizes: dict[str, int], max_bytes: int) ->
     return shards
 
 
-class _ShardWriter:
-    """Writes one safetensors file tensor by tensor, chunk by chunk, hashing as it goes.
-
-    The header (names, dtypes, shapes, offsets) is fixed before the first byte
-    of data, so tensors must then arrive in :attr:`order`: by dtype size, largest
-    first, then by name (as ``safetensors.save_file`` orders them), which keeps
-    every tensor aligned for memory-mapped loading.
-    """
-
-    def __init__(self, path: Path, entries: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> None:
-        self.order = sorted(entries, key=lambda n: (-entries[n][0].itemsize, n))
-        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-        offset = 0
-        self._expected: dict[str, int] = {}
-        for name in self.order:
-            dtype, shape = entries[name]
-            nbytes = math.prod(shape) * dtype.itemsize
-            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-            self._expected[name] = nbytes
-            offset += nbytes
-        raw = json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8")
-        raw += b" " * (-len(raw) % 8)
-        self._hash = hashlib.sha256()
-        self._fh = open(path, "wb")
-        self._write(struct.pack("<Q", len(raw)) + raw)
-        self._current: str | None = None
-        self._written = 0
-
-    def _write(self, data) -> None:
-        self._fh.write(data)
-        self._hash.update(data)
-
-    def begin(self, name: str) -> None:
-        self._current, self._written = name, 0
-
-    def write(self, chunk: torch.Tensor) -> None:
-        data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._write(memoryview(data))
-        self._written += data.nbytes
-
-    def end(self) -> None:
-        if self._written != self._expected[self._current]:
-            raise RuntimeError(f"tensor '{self._current}': wrote {self._written} bytes, header says {self._expected[self._current]}")
-
-    def close(self) -> str:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        return self._hash.hexdigest()
-
-    def abort(self) -> None:
-        self._fh.close()
-
-
 def row_chunks(info: TensorInfo) -> Iterator[tuple[int, int, int]]:
     """(first row, end row, flat start) of each chunk of a tensor."""
     rows = info.rows
@@ -393,7 +337,7 @@ def _merge_tensor(
     base: TensorFiles,
     sources: Sequence[_Source],
     options: MergeOptions,
-    writer: _ShardWriter,
+    writer: ShardWriter,
 ) -> None:
     present = [s for s in sources if s.has(name)]
     if not present:  # no vector touches this tensor: the base's bytes, cast if asked
@@ -463,6 +407,43 @@ def _check_out_dir(out_dir: Path, base_dir: Path, inputs: Sequence[LinkInput]) -
     check_replaceable(out_dir)
 
 
+def _write_shards(
+    tmp: Path, shards: Sequence[_Shard], base: TensorFiles, sources: Sequence[_Source], options: MergeOptions,
+    out_dtypes: dict[str, torch.dtype], progress: bool,
+) -> dict[str, str]:
+    """Merge every tensor into its shard under ``tmp``; each shard file's name -> sha256."""
+    from tqdm import tqdm
+
+    outputs: dict[str, str] = {}
+    with tqdm(total=len(base.infos), desc="link", unit="tensor", disable=not progress, file=sys.stderr) as bar:
+        for shard in shards:
+            writer = ShardWriter(tmp / shard.file, {n: (out_dtypes[n], base.infos[n].shape) for n in shard.names})
+            try:
+                for name in writer.order:
+                    writer.begin(name)
+                    _merge_tensor(name, base.infos[name], out_dtypes[name], base, sources, options, writer)
+                    writer.end()
+                    bar.update(1)
+            except BaseException:
+                writer.abort()
+                raise
+            outputs[shard.file] = writer.close()
+    return outputs
+
+
+def _output_dtypes(infos: dict[str, TensorInfo], dtype: str) -> dict[str, torch.dtype]:
+    """Each output tensor's dtype: the base's, or ``dtype`` for floating-point weights when asked."""
+    return {
+        n: OUTPUT_DTYPES[dtype] if dtype != "auto" and info.dtype.is_floating_point else info.dtype
+        for n, info in infos.items()
+    }
+
+
+def _write_index(tmp: Path, shards: Sequence[_Shard], total_size: int) -> None:
+    index = {"metadata": {"total_size": total_size}, "weight_map": {n: s.file for s in shards for n in s.names}}
+    (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def link(
     base_dir: str | os.PathLike,
     inputs: Sequence[LinkInput],
@@ -491,39 +472,17 @@ def link(
     pool = HandlePool()
     base = TensorFiles(read_headers(checkpoint_files(base_dir), False, f"base {base_dir}"), pool, task_vector=False)
     sources = _check_inputs(base.infos, base_dir, inputs, pool)
-    names = list(base.infos)
-    out_dtypes = {
-        n: OUTPUT_DTYPES[dtype] if dtype != "auto" and info.dtype.is_floating_point else info.dtype
-        for n, info in base.infos.items()
-    }
-    sizes = {n: base.infos[n].numel * out_dtypes[n].itemsize for n in names}
-    shards = _plan_shards(names, sizes, max_bytes)
+    out_dtypes = _output_dtypes(base.infos, dtype)
+    sizes = {n: info.numel * out_dtypes[n].itemsize for n, info in base.infos.items()}
+    shards = _plan_shards(list(base.infos), sizes, max_bytes)
 
     tmp = open_staging(out_dir)  # refuses a directory traitgraph did not write; sweeps old leftovers
     outputs: dict[str, str] = {}
     try:
-        from tqdm import tqdm
-
-        with tqdm(total=len(names), desc="link", unit="tensor", disable=not progress, file=sys.stderr) as bar:
-            for shard in shards:
-                writer = _ShardWriter(tmp / shard.file, {n: (out_dtypes[n], base.infos[n].shape) for n in shard.names})
-                try:
-                    for name in writer.order:
-                        writer.begin(name)
-                        _merge_tensor(name, base.infos[name], out_dtypes[name], base, sources, options, writer)
-                        writer.end()
-                        bar.update(1)
-                except BaseException:
-                    writer.abort()
-                    raise
-                outputs[shard.file] = writer.close()
+        outputs.update(_write_shards(tmp, shards, base, sources, options, out_dtypes, progress))
         pool.close()
         if len(shards) > 1:
-            index = {
-                "metadata": {"total_size": sum(sizes.values())},
-                "weight_map": {n: s.file for s in shards for n in s.names},
-            }
-            (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            _write_index(tmp, shards, sum(sizes.values()))
         _copy_side_files(base_dir, tmp, dtype)
         for path in sorted(tmp.iterdir()):
             if path.name not in outputs:
@@ -546,7 +505,7 @@ def link(
 def link_checkpoint(
     base_dir: Path,
     inputs: list[LinkInput],
-    settings: "MergeSettings",
+    settings: MergeSettings,
     out_dir: Path,
     *,
     progress: bool = True,

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from traitgraph.errors import UserError
 from traitgraph.linker.merging.breadcrumbs import breadcrumbs, breadcrumbs_ties
 from traitgraph.linker.merging.dare import dare_linear, dare_ties, drop_and_rescale
 from traitgraph.linker.merging.della import della
@@ -54,7 +55,6 @@ from traitgraph.linker.merging.task_arithmetic import (
 )
 from traitgraph.linker.merging.ties import SIGN_VOTE_CHOICES, DisjointMerge, MagnitudeTrim, SignVote, ties
 from traitgraph.linker.merging.tsv import tsv_m
-from traitgraph.errors import UserError
 
 if TYPE_CHECKING:
     from traitgraph.graph.schema import MergeSettings
@@ -133,7 +133,7 @@ class MergeOptions:
             raise UserError(f"normalize must be one of {', '.join(NORMALIZE_CHOICES)}, got {self.normalize!r}")
 
     @classmethod
-    def from_settings(cls, settings: "MergeSettings") -> "MergeOptions":
+    def from_settings(cls, settings: MergeSettings) -> MergeOptions:
         """The spec's merge settings. ``sign_vote`` and ``normalize`` belong to the sign
         election, so the linear methods (task_arithmetic, dare_linear) add without a divisor,
         W = W_base + λ Σ w_i τ_i, whatever ``normalize`` says."""

@@ -90,7 +90,7 @@ class MagnitudeTrim:
     keep_all: bool = False
 
     @classmethod
-    def fit(cls, magnitudes: torch.Tensor, density: float) -> "MagnitudeTrim":
+    def fit(cls, magnitudes: torch.Tensor, density: float) -> MagnitudeTrim:
         flat = magnitudes.reshape(-1)
         numel = flat.numel()
         k = keep_count(numel, density)
