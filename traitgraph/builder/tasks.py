@@ -69,12 +69,14 @@ def train_node_action(plan: BuildPlan, node_id: str) -> dict[str, str]:
 
     from traitgraph.compiler.base_model import resolve_base
     from traitgraph.compiler.train import train_node
+    from traitgraph.graph.target import resolve_target
 
     torch.set_num_threads(train_threads())
-    parents = [plan.cache.verify(plan.hashes[dep]) for dep in plan.spec.dependencies(node_id)]
+    target = resolve_target(plan.spec, node_id, plan.fingerprint, plan.hashes)
+    parents = [plan.cache.verify(parent_hash) for _, parent_hash in target.parents]
     base = resolve_base(plan.spec.personality.base, plan.spec.specs_dir)
     t0 = time.perf_counter()
-    meta = train_node(plan.spec, node_id, base, plan.cache.vector_path(h), parent_vectors=parents, progress=True)
+    meta = train_node(target, base, plan.cache.vector_path(h), parent_vectors=parents, progress=True)
     plan.cache.commit(h, node_id, plan.payload(node_id))
     seconds = time.perf_counter() - t0
     print(f"train:{node_id}: {meta.steps} steps, final loss {meta.final_loss:.4f}, {seconds:.1f}s -> {h[:12]}")

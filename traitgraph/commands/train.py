@@ -44,10 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from traitgraph.builder.tasks import train_threads
     from traitgraph.compiler.base_model import load_model, resolve_base
     from traitgraph.compiler.data import load_general_text
-    from traitgraph.compiler.train import apply_task_vectors, eval_loss, train_node
+    from traitgraph.compiler.train import eval_loss, train_node
+    from traitgraph.compiler.weights import apply_task_vectors
     from traitgraph.errors import BuildError, UserError
     from traitgraph.graph import load_specs
     from traitgraph.graph.hashing import node_hashes, training_payload
+    from traitgraph.graph.target import resolve_target
 
     spec = load_specs(args.specs_dir)
     if args.node not in spec.nodes:
@@ -56,15 +58,16 @@ def run(args: argparse.Namespace) -> int:
     base = resolve_base(spec.personality.base, spec.specs_dir)
     hashes = node_hashes(spec, base.fingerprint)
     cache = VectorCache()
+    target = resolve_target(spec, args.node, base.fingerprint, hashes)
 
     parents = []
-    for dep in spec.dependencies(args.node):
-        if not cache.is_fresh(hashes[dep]):
+    for dep, dep_hash in target.parents:
+        if not cache.is_fresh(dep_hash):
             raise BuildError(
                 f"node '{args.node}' refines '{dep}', which is not built yet: "
                 f"run `traitgraph train {args.specs_dir} {dep}` (or `traitgraph build`) first"
             )
-        parents.append(cache.verify(hashes[dep]))
+        parents.append(cache.verify(dep_hash))
     out = Path(args.out) if args.out else cache.vector_path(hashes[args.node])
 
     # Before: the starting weights (base + parents).
@@ -80,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
     before_general = eval_loss(model, tokenizer, general) if general else None
 
     progress = not args.no_progress and sys.stderr.isatty()
-    meta = train_node(spec, args.node, base, out, parent_vectors=parents, progress=progress,
-                      node_hash=hashes[args.node])
+    meta = train_node(target, base, out, parent_vectors=parents, progress=progress)
     if args.out is None:
         cache.commit(hashes[args.node], args.node, training_payload(spec, args.node, base.fingerprint, hashes))
 

@@ -12,8 +12,13 @@ everything that can change its trained task vector, and nothing else:
                      the node's overrides), every field with its value
 ``base``             the base reference and the base weights' fingerprint
 ``parents``          the training hashes of the nodes it ``refines``
-``replay``           when replay is on: the hash of the replay source
+``replay``           when replay is on: the hash of the replay pool (the
+                     shipped text, or each replayed node's examples)
 ===================  =====================================================
+
+A training field added after a release (``monitor``, ``trainable``,
+``anchor``) enters the document only when it is set, so specs that do not
+use it keep their hashes (and their cached vectors).
 
 Not in it (so editing them never retrains): ``description``, ``weight``,
 ``eval`` cases, ``related``/``conflicts`` edges, merge and eval settings,
@@ -30,6 +35,11 @@ from typing import Any
 
 from traitgraph.compiler import TRAINER_VERSION
 from traitgraph.graph.load import Spec
+from traitgraph.graph.replay import GENERAL_REPLAY_FILE, replay_nodes
+from traitgraph.graph.schema import TrainingSettings
+
+#: Training fields that are left out of the hash while unset (see module doc).
+OPTIONAL_TRAINING_FIELDS = ("monitor", "trainable", "anchor")
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -41,10 +51,37 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def shipped_file_hash(name: str) -> str:
+    """Hash of a data file shipped in ``traitgraph/data/``."""
+    return sha256_hex(resources.files("traitgraph.data").joinpath(name).read_bytes())
+
+
 def general_text_hash() -> str:
-    """Hash of the shipped general text (the default replay source)."""
-    data = resources.files("traitgraph.data").joinpath("general_text.txt").read_bytes()
-    return sha256_hex(data)
+    """Hash of the shipped general text (the retention set)."""
+    return shipped_file_hash("general_text.txt")
+
+
+def settings_payload(settings: TrainingSettings) -> dict[str, Any]:
+    """The effective settings as hashed: every field, except optional ones left unset.
+
+    >>> settings_payload(TrainingSettings())["steps"]
+    8
+    """
+    data = settings.model_dump(mode="json")
+    for name in OPTIONAL_TRAINING_FIELDS:
+        if data.get(name, "absent") is None:
+            del data[name]
+    return data
+
+
+def _replay_payload(spec: Spec, node_id: str, settings: TrainingSettings) -> dict[str, Any]:
+    if settings.replay.source == "general":
+        return {"general_text": shipped_file_hash(GENERAL_REPLAY_FILE)}
+    return {
+        "other_nodes": {
+            other: sha256_hex(canonical_json(_examples_payload(spec, other))) for other in replay_nodes(spec, node_id)
+        }
+    }
 
 
 def _examples_payload(spec: Spec, node_id: str) -> list[dict]:
@@ -57,21 +94,12 @@ def training_payload(spec: Spec, node_id: str, base_fingerprint: str, parents: d
     payload: dict[str, Any] = {
         "trainer": TRAINER_VERSION,
         "node": {"id": node_id, "examples": _examples_payload(spec, node_id)},
-        "training": settings.model_dump(mode="json"),
+        "training": settings_payload(settings),
         "base": {"reference": spec.personality.base, "fingerprint": base_fingerprint},
         "parents": {p: parents[p] for p in spec.dependencies(node_id)},
     }
     if settings.replay.fraction > 0:
-        if settings.replay.source == "general":
-            payload["replay"] = {"general_text": general_text_hash()}
-        else:
-            payload["replay"] = {
-                "other_nodes": {
-                    other: sha256_hex(canonical_json(_examples_payload(spec, other)))
-                    for other in sorted(spec.nodes)
-                    if other != node_id
-                }
-            }
+        payload["replay"] = _replay_payload(spec, node_id, settings)
     return payload
 
 

@@ -1,0 +1,76 @@
+"""One node resolved into everything its training needs: a :class:`TrainingTarget`.
+
+The graph knows the whole personality; the compiler sees one frozen value::
+
+    spec + node id + base fingerprint ──resolve_target──> TrainingTarget
+        node id, node file, located examples, effective settings, training hash,
+        parents (id, hash) in ``refines`` order, replay pool, sign of the weight
+
+so training never calls back into spec loading or hashing, and the value the
+builder caches on (``training_hash``) is the value the compiler trains. This
+module imports only the schema at load time: the compiler may import it.
+
+>>> spec = load_specs("specs")                                        # doctest: +SKIP
+>>> target = resolve_target(spec, "listening", base.fingerprint)      # doctest: +SKIP
+>>> target.settings.steps, len(target.examples), target.parents       # doctest: +SKIP
+(8, 20, ())
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from traitgraph.graph.replay import LocatedExample, ReplayPool, located_examples, replay_pool
+from traitgraph.graph.schema import TrainingSettings
+
+if TYPE_CHECKING:
+    from traitgraph.graph.load import Spec
+
+
+@dataclass(frozen=True)
+class TrainingTarget:
+    """A node ready to train (see module doc). Equal inputs give equal targets."""
+
+    node_id: str
+    node_file: Path
+    """The node's spec file, for error messages."""
+    examples: tuple[LocatedExample, ...]
+    """Inline examples, then those of ``examples_file``."""
+    settings: TrainingSettings
+    """Effective settings: personality defaults merged with the node's overrides."""
+    training_hash: str
+    parents: tuple[tuple[str, str], ...] = ()
+    """``(node id, training hash)`` of each node it ``refines``, in order; the
+    caller passes their task vectors in the same order."""
+    replay: ReplayPool = ReplayPool()
+    weight_sign: int = 1
+    """+1 or -1: whether linking adds or subtracts this node's vector."""
+
+    @property
+    def parent_ids(self) -> list[str]:
+        return [p for p, _ in self.parents]
+
+
+def resolve_target(
+    spec: Spec, node_id: str, base_fingerprint: str, hashes: dict[str, str] | None = None
+) -> TrainingTarget:
+    """The :class:`TrainingTarget` of ``node_id``; ``hashes`` (from
+    :func:`~traitgraph.graph.hashing.node_hashes`) saves recomputing them."""
+    if hashes is None:
+        from traitgraph.graph.hashing import node_hashes  # here, so the compiler importing this module stays light
+
+        hashes = node_hashes(spec, base_fingerprint)
+    node = spec.nodes[node_id]
+    settings = spec.training_settings(node_id)
+    return TrainingTarget(
+        node_id=node_id,
+        node_file=Path(node.file),
+        examples=located_examples(node),
+        settings=settings,
+        training_hash=hashes[node_id],
+        parents=tuple((dep, hashes[dep]) for dep in spec.dependencies(node_id)),
+        replay=replay_pool(spec, node_id, settings),
+        weight_sign=1 if node.spec.weight > 0 else -1,
+    )
