@@ -21,7 +21,6 @@ from traitgraph.compiler.train import (
     apply_task_vectors,
     eval_loss,
     oscillation,
-    replay_count,
     task_vector,
     train_node,
 )
@@ -196,18 +195,6 @@ def test_parent_on_another_base_is_refused(tiny_specs, tmp_path):
     other = type(base)(reference=base.reference, path=base.path, fingerprint="sha256:" + "0" * 64)
     with pytest.raises(BuildError, match="was trained on base"):
         _train(spec, "captain", other, tmp_path / "c.safetensors", parent_vectors=[parent])
-
-
-@pytest.mark.parametrize("source", ["general", "other_nodes"])
-def test_replay_mixes_into_each_batch(tiny_specs, tmp_path, source):
-    other = pirate_node()
-    other["examples"] = [{"context": f"count {i}", "response": f"number {i}"} for i in range(3)]
-    other["eval"] = [{"context": "count ten", "response": "number 10"}]
-    training = {"steps": 2, "replay": {"fraction": 0.5, "source": source}}
-    spec, base = _setup(tiny_specs(nodes={"pirate": pirate_node(), "counting": other}, training=training))
-    meta = _train(spec, "pirate", base, tmp_path / "p.safetensors")
-    assert meta.steps == 2 and meta.training["replay"] == {"fraction": 0.5, "source": source}
-    assert replay_count(4, 0.5) == 2 and replay_count(4, 0.01) == 1 and replay_count(4, 0.0) == 0
 
 
 def test_oscillation_is_max_over_min_of_the_smoothed_tail():

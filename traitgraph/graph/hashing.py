@@ -13,7 +13,8 @@ everything that can change its trained task vector, and nothing else:
 ``base``             the base reference and the base weights' fingerprint
 ``parents``          the training hashes of the nodes it ``refines``
 ``replay``           when replay is on: the hash of the replay pool (the
-                     shipped text, or each replayed node's examples)
+                     shipped replay corpus, or the examples of each replayed
+                     node: the other nodes with a positive weight)
 ===================  =====================================================
 
 A training field added after a release (``monitor``, ``trainable``,
@@ -76,7 +77,7 @@ def settings_payload(settings: TrainingSettings) -> dict[str, Any]:
 
 def _replay_payload(spec: Spec, node_id: str, settings: TrainingSettings) -> dict[str, Any]:
     if settings.replay.source == "general":
-        return {"general_text": shipped_file_hash(GENERAL_REPLAY_FILE)}
+        return {"replay_text": shipped_file_hash(GENERAL_REPLAY_FILE)}
     return {
         "other_nodes": {
             other: sha256_hex(canonical_json(_examples_payload(spec, other))) for other in replay_nodes(spec, node_id)

@@ -3,8 +3,14 @@
 ``training.replay.source`` picks the pool:
 
 ==============  ==========================================================
-``general``     the shipped general text (``traitgraph/data/general_text.txt``)
-``other_nodes`` the training examples of every other node, by id
+``general``     the shipped replay corpus (``traitgraph/data/replay_text.txt``),
+                written for this project and disjoint from the retention set
+                (``general_text.txt``, ``general_prompts.jsonl``), so replay
+                never trains on the text that measures forgetting
+``other_nodes`` the training examples of every other node with a *positive*
+                weight, by id. A node with a negative weight is one the user
+                wants removed; replaying its examples as targets would train
+                the very behaviour the link subtracts, so it is left out
 ==============  ==========================================================
 
 The pool is resolved here, in the graph, so that the training hash
@@ -20,8 +26,8 @@ from pathlib import Path
 from traitgraph.errors import UserError
 from traitgraph.graph.schema import Example, TrainingSettings
 
-#: The shipped general text used by ``replay.source: general``.
-GENERAL_REPLAY_FILE = "general_text.txt"
+#: The shipped replay corpus used by ``replay.source: general`` (not the retention set).
+GENERAL_REPLAY_FILE = "replay_text.txt"
 
 
 @dataclass(frozen=True)
@@ -87,8 +93,9 @@ def located_examples(node) -> tuple[LocatedExample, ...]:
 
 
 def replay_nodes(spec, node_id: str) -> list[str]:
-    """The nodes whose examples ``node_id`` replays with ``source: other_nodes``, by id."""
-    return [other for other in sorted(spec.nodes) if other != node_id]
+    """The nodes whose examples ``node_id`` replays with ``source: other_nodes``, by id:
+    every other node with a positive weight (see module doc)."""
+    return [other for other in sorted(spec.nodes) if other != node_id and spec.nodes[other].spec.weight > 0]
 
 
 def replay_pool(spec, node_id: str, settings: TrainingSettings) -> ReplayPool:
@@ -105,6 +112,7 @@ def replay_pool(spec, node_id: str, settings: TrainingSettings) -> ReplayPool:
         node = spec.nodes[node_id]
         raise UserError(
             f"{node.file}: node '{node_id}', field training.replay: replay source "
-            f"'{settings.replay.source}' has no examples; set `replay: fraction: 0` or use another source"
+            f"'{settings.replay.source}' has no examples (other nodes with a negative weight are never "
+            "replayed); set `replay: fraction: 0` or use `source: general`"
         )
     return pool

@@ -137,7 +137,7 @@ class ReplaySettings(Strict):
     )
     source: Literal["general", "other_nodes"] = Field(
         default="general",
-        description="`general`: the shipped general text; `other_nodes`: other nodes' examples.",
+        description="`general`: the shipped replay corpus (disjoint from the retention text); `other_nodes`: examples of the other nodes with a positive weight.",
     )
 
 
