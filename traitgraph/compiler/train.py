@@ -15,6 +15,9 @@ parametrised by the target's :class:`TrainingSettings`::
               default) -> global grad-norm clipping
     guard     NaN/inf loss or gradient, or smoothed loss > divergence_factor ×
               its start: BuildError naming node and step; no vector is written
+    monitor   optional (``training.monitor``): every k steps score held-out
+              examples and a general-text probe, keep the best step's weights,
+              stop early (monitor.py)
     output    τ for the tensors that changed, under the base checkpoint's names,
               in ``vector_dtype``, with a provenance record (save_task_vector)
 
@@ -55,7 +58,8 @@ from traitgraph.compiler.data import (
     encode_text,
     pad_id,
 )
-from traitgraph.compiler.losses import response_logits, response_token_losses, token_nll
+from traitgraph.compiler.losses import response_logits, token_nll
+from traitgraph.compiler.monitor import Monitor, mean_response_loss
 from traitgraph.compiler.task_vector import TaskVectorMeta, save_task_vector
 from traitgraph.compiler.weights import (  # noqa: F401 (re-exported for callers of the old layout)
     StartWeights,
@@ -201,8 +205,13 @@ def _step(model, opt, params: list, batch: Batch, n_node: int, node_id: str, ste
     return value
 
 
-def run_steps(model, named: list, stream: BatchStream, target: TrainingTarget, *, progress: bool) -> tuple[LossCurve, int]:
-    """The training loop (see module doc): returns the loss curve and the response tokens seen."""
+def run_steps(
+    model, named: list, stream: BatchStream, target: TrainingTarget, *, progress: bool, monitor: Monitor | None = None
+) -> tuple[LossCurve, int]:
+    """The training loop (see module doc): returns the loss curve and the response tokens seen.
+
+    With a ``monitor``, the weights left in the model are the kept check's.
+    """
     from traitgraph.compiler.optim import build_optimizer
 
     settings, node_id = target.settings, target.node_id
@@ -212,6 +221,8 @@ def run_steps(model, named: list, stream: BatchStream, target: TrainingTarget, *
         opt = build_optimizer(named, settings.optimizer, lr=settings.learning_rate, seed=settings.seed)
         params = [p for _, p in named]
         model.train()
+        if monitor is not None:
+            monitor.begin(model)
         bar = _progress(settings.steps, node_id, progress)
         try:
             for step in range(1, settings.steps + 1):
@@ -225,9 +236,13 @@ def run_steps(model, named: list, stream: BatchStream, target: TrainingTarget, *
                 rate = batch.n_tokens / max(time.perf_counter() - t_step, 1e-9)
                 bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{rate:.0f}", refresh=False)
                 bar.update(1)
+                if monitor is not None and monitor.due(step, settings.steps) and monitor.check(model, step, named):
+                    break
         finally:
             bar.close()
         del opt
+    if monitor is not None:
+        monitor.restore(named)
     return curve, tokens
 
 
@@ -243,7 +258,23 @@ def _check_parents(target: TrainingTarget, parent_vectors: Sequence[Path]) -> No
         )
 
 
-def _meta(target: TrainingTarget, base: ResolvedBase, curve: LossCurve, tokens: int, seconds: float) -> TaskVectorMeta:
+def build_monitor(target: TrainingTarget, tokenizer) -> Monitor | None:
+    """The target's monitor, its held-out sets tokenised (None when the monitor is off)."""
+    settings = target.settings
+    if settings.monitor is None:
+        return None
+    validation = encode_examples(tokenizer, target.validation, max_length=settings.max_length)
+    probe = [encode_text(tokenizer, line, max_length=settings.max_length) for line in target.probe_text]
+    probe = [ex for ex in probe if ex is not None]
+    if not validation or not probe:
+        raise BuildError(f"node '{target.node_id}': the monitor has nothing to score (validation or probe empty)")
+    return Monitor(settings.monitor, validation, probe, pad_id(tokenizer))
+
+
+def _meta(
+    target: TrainingTarget, base: ResolvedBase, curve: LossCurve, tokens: int, seconds: float,
+    monitor: Monitor | None = None,
+) -> TaskVectorMeta:
     from traitgraph.compiler.optim import effective_settings
 
     settings = target.settings
@@ -252,7 +283,7 @@ def _meta(target: TrainingTarget, base: ResolvedBase, curve: LossCurve, tokens: 
         node_hash=target.training_hash,
         base_fingerprint=base.fingerprint,
         optimizer=effective_settings(settings.optimizer).model_dump(mode="json"),
-        training=settings.model_dump(mode="json"),
+        training=settings.record(),
         steps=len(curve),
         tokens=tokens,
         final_loss=curve.smoothed[-1],
@@ -261,6 +292,7 @@ def _meta(target: TrainingTarget, base: ResolvedBase, curve: LossCurve, tokens: 
         dtype=settings.vector_dtype,
         traitgraph_version=__version__,
         seconds=round(seconds, 3),
+        monitor=monitor.record() if monitor is not None else None,
     )
 
 
@@ -285,11 +317,12 @@ def train_node(
     apply_start(model, start)
     named = trainable_parameters(model, start.names())
     stream = batch_stream(target, tokenizer)
-    curve, tokens = run_steps(model, named, stream, target, progress=progress)
+    monitor = build_monitor(target, tokenizer)
+    curve, tokens = run_steps(model, named, stream, target, progress=progress, monitor=monitor)
     model.zero_grad(set_to_none=True)
     model.eval()
     tau = task_vector(named, start, getattr(torch, target.settings.vector_dtype))
-    meta = _meta(target, base, curve, tokens, time.perf_counter() - t0)
+    meta = _meta(target, base, curve, tokens, time.perf_counter() - t0, monitor)
     save_task_vector(out_path, tau, meta)
     return meta
 
@@ -318,15 +351,4 @@ def eval_loss(model, tokenizer, items: Iterable, *, batch_size: int = 8, max_len
             encoded.append(encode_example(tokenizer, item, max_length=max_length, where=f"item {i}"))
     if not encoded:
         raise UserError("eval_loss: nothing to score")
-    # Similar lengths together: less padding, same result.
-    encoded.sort(key=len)
-    total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches_in_order(encoded, batch_size, pad_id(tokenizer)):
-            total += float(response_token_losses(model, batch).sum())
-            count += batch.n_tokens
-    finally:
-        model.train(was_training)
-    return total / count
+    return mean_response_loss(model, encoded, pad_id(tokenizer), batch_size)

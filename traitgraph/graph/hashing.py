@@ -17,8 +17,8 @@ everything that can change its trained task vector, and nothing else:
                      node: the other nodes with a positive weight)
 ===================  =====================================================
 
-A training field added after a release (``monitor``, ``trainable``,
-``anchor``) enters the document only when it is set, so specs that do not
+A training field added after a release (``monitor``, and the others in
+:data:`traitgraph.graph.schema.OPTIONAL_TRAINING_FIELDS`) enters the document only when it is set, so specs that do not
 use it keep their hashes (and their cached vectors).
 
 Not in it (so editing them never retrains): ``description``, ``weight``,
@@ -38,9 +38,6 @@ from traitgraph.compiler import TRAINER_VERSION
 from traitgraph.graph.load import Spec
 from traitgraph.graph.replay import GENERAL_REPLAY_FILE, replay_nodes
 from traitgraph.graph.schema import TrainingSettings
-
-#: Training fields that are left out of the hash while unset (see module doc).
-OPTIONAL_TRAINING_FIELDS = ("monitor", "trainable", "anchor")
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -68,11 +65,7 @@ def settings_payload(settings: TrainingSettings) -> dict[str, Any]:
     >>> settings_payload(TrainingSettings())["steps"]
     8
     """
-    data = settings.model_dump(mode="json")
-    for name in OPTIONAL_TRAINING_FIELDS:
-        if data.get(name, "absent") is None:
-            del data[name]
-    return data
+    return settings.record()
 
 
 def _replay_payload(spec: Spec, node_id: str, settings: TrainingSettings) -> dict[str, Any]:

@@ -7,6 +7,8 @@
                 written for this project and disjoint from the retention set
                 (``general_text.txt``, ``general_prompts.jsonl``), so replay
                 never trains on the text that measures forgetting
+                When ``training.monitor`` is on, its general-text probe
+                lines are taken out of the replay pool.
 ``other_nodes`` the training examples of every other node with a *positive*
                 weight, by id. A node with a negative weight is one the user
                 wants removed; replaying its examples as targets would train
@@ -98,12 +100,43 @@ def replay_nodes(spec, node_id: str) -> list[str]:
     return [other for other in sorted(spec.nodes) if other != node_id and spec.nodes[other].spec.weight > 0]
 
 
+def probe_indices(n_lines: int, n_probe: int) -> list[int]:
+    """Indices of the general-text probe: ``n_probe`` lines spread evenly over a
+    file of ``n_lines`` (all of them when the file is shorter).
+
+    >>> probe_indices(10, 3), probe_indices(2, 5)
+    ([0, 3, 6], [0, 1])
+    """
+    if n_probe >= n_lines:
+        return list(range(n_lines))
+    return sorted({(i * n_lines) // n_probe for i in range(n_probe)})
+
+
+def general_probe(settings: TrainingSettings) -> tuple[str, ...]:
+    """The monitor's general-text probe: lines of the replay corpus (never the
+    retention set); empty when the monitor is off."""
+    if settings.monitor is None:
+        return ()
+    lines = shipped_text(GENERAL_REPLAY_FILE)
+    return tuple(lines[i] for i in probe_indices(len(lines), settings.monitor.general_lines))
+
+
+def general_replay_text(settings: TrainingSettings) -> tuple[str, ...]:
+    """The replay corpus, less the monitor's probe lines when the monitor is on
+    (a probe that was trained on would not measure forgetting)."""
+    lines = shipped_text(GENERAL_REPLAY_FILE)
+    if settings.monitor is None:
+        return lines
+    probe = set(probe_indices(len(lines), settings.monitor.general_lines))
+    return tuple(line for i, line in enumerate(lines) if i not in probe)
+
+
 def replay_pool(spec, node_id: str, settings: TrainingSettings) -> ReplayPool:
     """The replay pool of a node (empty when replay is off)."""
     if settings.replay.fraction <= 0:
         return ReplayPool()
     if settings.replay.source == "general":
-        pool = ReplayPool(text=shipped_text(GENERAL_REPLAY_FILE))
+        pool = ReplayPool(text=general_replay_text(settings))
     else:
         pool = ReplayPool(
             examples=tuple(ex for other in replay_nodes(spec, node_id) for ex in located_examples(spec.nodes[other]))

@@ -141,6 +141,36 @@ class ReplaySettings(Strict):
     )
 
 
+class MonitorSettings(Strict):
+    """A held-out monitor that keeps the τ of the best step (see docs/training.md).
+
+    Every ``every`` steps it scores a validation split of the node's examples
+    (held out from training by a seeded rule) and a general-text probe drawn
+    from the replay corpus (never the retention set). The kept step is the one
+    with the lowest validation loss among the checks whose general-text loss
+    rose by at most ``max_general_rise_pct`` over the start; training stops
+    after ``patience`` checks in a row without a new best.
+    """
+
+    every: int = Field(default=4, ge=1, le=100_000, description="Steps between checks.")
+    validation_fraction: float = Field(
+        default=0.2, gt=0.0, le=0.5,
+        description="Share of the node's examples held out for validation (at least one; seeded by `seed`).",
+    )
+    general_lines: int = Field(
+        default=32, ge=1, le=1000, description="Lines of the replay corpus scored as the general-text probe."
+    )
+    max_general_rise_pct: float = Field(
+        default=2.0, ge=0.0, description="Ceiling on the probe's loss rise (percent of its start) for a kept step."
+    )
+    patience: int = Field(default=2, ge=1, description="Stop after this many checks in a row without a new best.")
+
+
+#: Training fields added after the first release: left out of hashes and
+#: records while unset, so specs that do not use them keep their hashes.
+OPTIONAL_TRAINING_FIELDS = ("monitor",)
+
+
 class TrainingSettings(Strict):
     """How one node is trained. Personality-wide defaults; a node may override
     any field (see :class:`TrainingOverrides`)."""
@@ -167,6 +197,21 @@ class TrainingSettings(Strict):
         default="float32",
         description="Task-vector dtype on disk. float32 is exact; bfloat16 halves the size and rounds τ.",
     )
+    monitor: MonitorSettings | None = Field(
+        default=None, description="Held-out monitor that keeps the best step and stops early; null: off."
+    )
+
+    def record(self) -> dict:
+        """The settings as JSON data, optional fields left out while unset (hashes and metadata use this).
+
+        >>> "monitor" in TrainingSettings().record(), TrainingSettings().record()["steps"]
+        (False, 8)
+        """
+        data = self.model_dump(mode="json")
+        for name in OPTIONAL_TRAINING_FIELDS:
+            if data.get(name, "absent") is None:
+                del data[name]
+        return data
 
 
 class OptimizerOverrides(Strict):
@@ -198,6 +243,7 @@ class TrainingOverrides(Strict):
     divergence_factor: float | None = Field(default=None, gt=1.0)
     replay: ReplaySettings | None = None
     vector_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    monitor: MonitorSettings | None = None
 
     def apply(self, defaults: TrainingSettings) -> TrainingSettings:
         """The effective settings: ``defaults`` with every set field replaced."""

@@ -18,15 +18,43 @@ module imports only the schema at load time: the compiler may import it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from traitgraph.graph.replay import LocatedExample, ReplayPool, located_examples, replay_pool
+from traitgraph.errors import UserError
+from traitgraph.graph.replay import LocatedExample, ReplayPool, general_probe, located_examples, replay_pool
 from traitgraph.graph.schema import TrainingSettings
 
 if TYPE_CHECKING:
     from traitgraph.graph.load import Spec
+
+
+def _split_key(seed: int, located: LocatedExample) -> str:
+    data = json.dumps([seed, located.example.model_dump(mode="json", exclude_none=True)], sort_keys=True)
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+def validation_split(
+    examples: tuple[LocatedExample, ...], fraction: float, seed: int
+) -> tuple[tuple[LocatedExample, ...], tuple[LocatedExample, ...]]:
+    """``(train, validation)``: the ``max(1, round(fraction · n))`` examples with the
+    smallest ``sha256([seed, example])`` are held out; both keep the file order.
+
+    The rule depends only on the seed and each example's content, so adding an
+    example moves at most that example between the halves of an unchanged seed.
+
+    >>> train, val = validation_split(located, 0.2, seed=0)   # doctest: +SKIP
+    >>> len(train), len(val)                                  # doctest: +SKIP
+    (16, 4)
+    """
+    n_val = max(1, round(fraction * len(examples)))
+    ranked = sorted(range(len(examples)), key=lambda i: (_split_key(seed, examples[i]), i))
+    held = set(ranked[:n_val])
+    train = tuple(ex for i, ex in enumerate(examples) if i not in held)
+    return train, tuple(ex for i, ex in enumerate(examples) if i in held)
 
 
 @dataclass(frozen=True)
@@ -47,6 +75,10 @@ class TrainingTarget:
     replay: ReplayPool = ReplayPool()
     weight_sign: int = 1
     """+1 or -1: whether linking adds or subtracts this node's vector."""
+    validation: tuple[LocatedExample, ...] = ()
+    """Examples held out for the monitor (never trained on); empty when it is off."""
+    probe_text: tuple[str, ...] = ()
+    """The monitor's general-text probe (replay corpus lines, not the retention set)."""
 
     @property
     def parent_ids(self) -> list[str]:
@@ -64,13 +96,24 @@ def resolve_target(
         hashes = node_hashes(spec, base_fingerprint)
     node = spec.nodes[node_id]
     settings = spec.training_settings(node_id)
+    examples, validation = located_examples(node), ()
+    if settings.monitor is not None:
+        if len(examples) < 2:
+            raise UserError(
+                f"{node.file}: node '{node_id}', field training.monitor: the monitor holds out validation "
+                f"examples, so the node needs at least 2 examples (it has {len(examples)}); add examples "
+                "or remove `monitor`"
+            )
+        examples, validation = validation_split(examples, settings.monitor.validation_fraction, settings.seed)
     return TrainingTarget(
         node_id=node_id,
         node_file=Path(node.file),
-        examples=located_examples(node),
+        examples=examples,
         settings=settings,
         training_hash=hashes[node_id],
         parents=tuple((dep, hashes[dep]) for dep in spec.dependencies(node_id)),
         replay=replay_pool(spec, node_id, settings),
         weight_sign=1 if node.spec.weight > 0 else -1,
+        validation=validation,
+        probe_text=general_probe(settings),
     )
