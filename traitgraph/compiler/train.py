@@ -18,6 +18,10 @@ parametrised by the target's :class:`TrainingSettings`::
     monitor   optional (``training.monitor``): every k steps score held-out
               examples and a general-text probe, keep the best step's weights,
               stop early (monitor.py)
+    scope     optional (``training.trainable``): only parameters matching the
+              globs train and appear in τ (scope.py)
+    anchor    optional (``training.anchor``): an L2 pull toward the start after
+              each step, and/or KL to the start model on replay rows (anchor.py)
     output    τ for the tensors that changed, under the base checkpoint's names,
               in ``vector_dtype``, with a provenance record (save_task_vector)
 
@@ -45,6 +49,7 @@ from pathlib import Path
 import torch
 
 from traitgraph import __version__
+from traitgraph.compiler.anchor import Anchor
 from traitgraph.compiler.base_model import ResolvedBase, load_model
 from traitgraph.compiler.curve import SMOOTHING, LossCurve, oscillation  # noqa: F401 (re-exported)
 from traitgraph.compiler.data import (
@@ -60,6 +65,7 @@ from traitgraph.compiler.data import (
 )
 from traitgraph.compiler.losses import response_logits, token_nll
 from traitgraph.compiler.monitor import Monitor, mean_response_loss
+from traitgraph.compiler.scope import select_trainable
 from traitgraph.compiler.task_vector import TaskVectorMeta, save_task_vector
 from traitgraph.compiler.weights import (  # noqa: F401 (re-exported for callers of the old layout)
     StartWeights,
@@ -188,12 +194,16 @@ def _set_warmup_lr(opt, settings: TrainingSettings, step: int) -> None:
             group["lr"] = lr
 
 
-def _step(model, opt, params: list, batch: Batch, n_node: int, node_id: str, step: int,
-          settings: TrainingSettings) -> float:
-    """One optimizer step on ``batch``; returns the loss before the step."""
+def _step(model, opt, named: list, batch: Batch, n_node: int, node_id: str, step: int,
+          settings: TrainingSettings, anchor: Anchor | None = None) -> float:
+    """One optimizer step on ``batch``; returns the loss before the step (anchor term included)."""
+    params = [p for _, p in named]
     opt.zero_grad(set_to_none=True)
     logits = response_logits(model, batch, settings.context)
     loss = _weighted_loss(logits, batch, n_node)
+    kl = anchor.kl_term(logits, batch, n_node, settings.context) if anchor is not None else None
+    if kl is not None:
+        loss = loss + kl
     value = float(loss.detach())
     _guard_value(node_id, step, "loss", value)
     loss.backward()
@@ -202,11 +212,14 @@ def _step(model, opt, params: list, batch: Batch, n_node: int, node_id: str, ste
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     _guard_value(node_id, step, "gradient norm", grad_norm)
     opt.step()
+    if anchor is not None:
+        anchor.pull(named)
     return value
 
 
 def run_steps(
-    model, named: list, stream: BatchStream, target: TrainingTarget, *, progress: bool, monitor: Monitor | None = None
+    model, named: list, stream: BatchStream, target: TrainingTarget, *, progress: bool,
+    monitor: Monitor | None = None, anchor: Anchor | None = None,
 ) -> tuple[LossCurve, int]:
     """The training loop (see module doc): returns the loss curve and the response tokens seen.
 
@@ -219,7 +232,6 @@ def run_steps(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         opt = build_optimizer(named, settings.optimizer, lr=settings.learning_rate, seed=settings.seed)
-        params = [p for _, p in named]
         model.train()
         if monitor is not None:
             monitor.begin(model)
@@ -229,7 +241,7 @@ def run_steps(
                 _set_warmup_lr(opt, settings, step)
                 batch = stream.next_batch()
                 t_step = time.perf_counter()
-                value = _step(model, opt, params, batch, stream.n_node, node_id, step, settings)
+                value = _step(model, opt, named, batch, stream.n_node, node_id, step, settings, anchor)
                 curve.add(value)
                 tokens += batch.n_tokens
                 _guard_divergence(node_id, step, curve, settings)
@@ -256,6 +268,19 @@ def _check_parents(target: TrainingTarget, parent_vectors: Sequence[Path]) -> No
             f"node '{target.node_id}' refines {deps or 'nothing'}, so it needs {len(deps)} parent task "
             f"vector(s); got {len(parent_vectors)}"
         )
+
+
+def build_anchor(target: TrainingTarget, base: ResolvedBase, start: StartWeights, named: list) -> Anchor | None:
+    """The target's anchor (None when off); a KL anchor loads a frozen copy of the start model."""
+    settings = target.settings.anchor
+    if settings is None:
+        return None
+    reference = None
+    if settings.kl > 0:
+        reference, _ = load_model(base)
+        apply_start(reference, start)
+        reference.eval().requires_grad_(False)
+    return Anchor(settings, named, reference)
 
 
 def build_monitor(target: TrainingTarget, tokenizer) -> Monitor | None:
@@ -315,10 +340,12 @@ def train_node(
     model, tokenizer = load_model(base)
     start = StartWeights(base, parent_vectors)
     apply_start(model, start)
-    named = trainable_parameters(model, start.names())
+    where = f"{target.node_file}: node '{target.node_id}'"
+    named = select_trainable(trainable_parameters(model, start.names()), target.settings.trainable, where)
     stream = batch_stream(target, tokenizer)
     monitor = build_monitor(target, tokenizer)
-    curve, tokens = run_steps(model, named, stream, target, progress=progress, monitor=monitor)
+    anchor = build_anchor(target, base, start, named)
+    curve, tokens = run_steps(model, named, stream, target, progress=progress, monitor=monitor, anchor=anchor)
     model.zero_grad(set_to_none=True)
     model.eval()
     tau = task_vector(named, start, getattr(torch, target.settings.vector_dtype))

@@ -166,9 +166,38 @@ class MonitorSettings(Strict):
     patience: int = Field(default=2, ge=1, description="Stop after this many checks in a row without a new best.")
 
 
+class AnchorSettings(Strict):
+    """Hold training near where it started (see docs/training.md). At least one of
+    the two pulls must be on."""
+
+    l2: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="Share of τ pulled back toward the start weights after every step (0: off).",
+    )
+    kl: float = Field(
+        default=0.0, ge=0.0,
+        description="Weight of KL(start ‖ model) on the replay rows' next-token distributions (0: off; needs replay).",
+    )
+
+    @model_validator(mode="after")
+    def _one_pull(self) -> "AnchorSettings":
+        if self.l2 == 0 and self.kl == 0:
+            raise ValueError("an anchor with `l2: 0` and `kl: 0` does nothing; set one of them or remove `anchor`")
+        return self
+
+
+def _trainable_patterns(v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if v is not None:
+        if not v:
+            raise ValueError("give at least one glob, e.g. 'model.layers.*.mlp.*', or remove `trainable`")
+        if any(not p.strip() for p in v):
+            raise ValueError("an empty glob matches nothing")
+    return v
+
+
 #: Training fields added after the first release: left out of hashes and
 #: records while unset, so specs that do not use them keep their hashes.
-OPTIONAL_TRAINING_FIELDS = ("monitor",)
+OPTIONAL_TRAINING_FIELDS = ("monitor", "trainable", "anchor")
 
 
 class TrainingSettings(Strict):
@@ -200,6 +229,17 @@ class TrainingSettings(Strict):
     monitor: MonitorSettings | None = Field(
         default=None, description="Held-out monitor that keeps the best step and stops early; null: off."
     )
+    trainable: tuple[str, ...] | None = Field(
+        default=None,
+        description="Globs over parameter names (fnmatch, e.g. `model.layers.1[5-9].mlp.*`); only matching "
+        "tensors train and appear in τ. null: every parameter.",
+    )
+    anchor: AnchorSettings | None = Field(default=None, description="Pull toward the start weights; null: off.")
+
+    @field_validator("trainable")
+    @classmethod
+    def _trainable_globs(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _trainable_patterns(v)
 
     def record(self) -> dict:
         """The settings as JSON data, optional fields left out while unset (hashes and metadata use this).
@@ -244,6 +284,13 @@ class TrainingOverrides(Strict):
     replay: ReplaySettings | None = None
     vector_dtype: Literal["float32", "bfloat16", "float16"] | None = None
     monitor: MonitorSettings | None = None
+    trainable: tuple[str, ...] | None = None
+    anchor: AnchorSettings | None = None
+
+    @field_validator("trainable")
+    @classmethod
+    def _trainable_globs(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _trainable_patterns(v)
 
     def apply(self, defaults: TrainingSettings) -> TrainingSettings:
         """The effective settings: ``defaults`` with every set field replaced."""

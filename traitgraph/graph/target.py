@@ -96,6 +96,11 @@ def resolve_target(
         hashes = node_hashes(spec, base_fingerprint)
     node = spec.nodes[node_id]
     settings = spec.training_settings(node_id)
+    if settings.anchor is not None and settings.anchor.kl > 0 and settings.replay.fraction <= 0:
+        raise UserError(
+            f"{node.file}: node '{node_id}', field training.anchor.kl: the KL anchor is taken on replay rows, "
+            "and replay is off; set `replay: {fraction: 0.25}` (or similar) or use `anchor: {l2: ...}`"
+        )
     examples, validation = located_examples(node), ()
     if settings.monitor is not None:
         if len(examples) < 2:
