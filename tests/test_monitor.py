@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 
 import pytest
 import torch
@@ -144,3 +145,12 @@ def test_monitor_on_a_one_example_node_is_a_clear_error(tiny_specs):
     spec = load_specs(tiny_specs(nodes={"pirate": node}, training={"monitor": {}}))
     with pytest.raises(UserError, match=r"pirate.yaml: node 'pirate', field training.monitor: .*at least 2 examples"):
         resolve_target(spec, "pirate", FP)
+
+
+def test_train_command_says_which_step_it_kept(tiny_specs, capsys):
+    specs = tiny_specs(training=OVERFIT)
+    assert main(["train", str(specs), "pirate", "--no-progress", "--general-lines", "0"]) == 0
+    out = capsys.readouterr().out
+    meta_line = next(line for line in out.splitlines() if line.startswith("monitor: "))
+    assert re.match(r"monitor: kept step \d+ \(stopped early after \d+ of 24 steps\); validation loss "
+                    r"[\d.]+ -> [\d.]+, general-text probe [\d.]+ -> [\d.]+ \([+-][\d.]+%\)$", meta_line), meta_line

@@ -36,6 +36,18 @@ def _pct(before: float, after: float) -> str:
     return f"{100.0 * (after - before) / before:+.1f}%" if before else "n/a"
 
 
+def _monitor_line(record: dict, ran: int, budget: int) -> str:
+    """One line on what the training monitor kept (see docs/training.md)."""
+    best = next((c for c in record["checks"] if c["step"] == record["best_step"]), None)
+    start = record["start"]
+    stop = f"stopped early after {ran} of {budget} steps" if record["stopped_early"] else f"ran {ran} steps"
+    if best is None:
+        return f"monitor: {stop}; no check"
+    return (f"monitor: kept step {best['step']} ({stop}); validation loss {start['validation']:.4f} -> "
+            f"{best['validation']:.4f}, general-text probe {start['general']:.4f} -> {best['general']:.4f} "
+            f"({_pct(start['general'], best['general'])}{'' if best['within_ceiling'] else ', over the ceiling'})")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -93,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"train:{args.node}: {meta.steps} steps, {meta.tokens} response tokens, {meta.seconds:.1f} s, "
           f"final loss {meta.final_loss:.4f} (oscillation {meta.oscillation:.2f})")
     print(f"τ: {out} ({size_mb:.1f} MB, sha256 {sha256_file(out)[:12]})")
+    if meta.monitor is not None:
+        print(_monitor_line(meta.monitor, meta.steps, target.settings.steps))
     if before_eval is not None:
         after = eval_loss(model, tokenizer, cases)
         print(f"eval-case loss ({len(cases)} case{'s' if len(cases) != 1 else ''}):       {start} {before_eval:.4f} -> +τ {after:.4f} "
