@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "check": "validate the specs and print a summary",
     "graph": "draw the personality graph (PNG, SVG or DOT)",
     "train": "train one node into a task vector",
+    "dream": "generate new training examples for a node (the base as a few-shot teacher)",
     "build": "build the personality (a thin wrapper over doit)",
     "status": "say which nodes are stale and why",
     "link": "link task vectors into a checkpoint (or relink a lock file)",
