@@ -9,6 +9,8 @@ import re
 
 import pytest
 import torch
+from conftest import pirate_node
+from spec_errors import assert_bad_node_training
 from specs_factory import default_nodes, write_specs
 
 from traitgraph.cli import main
@@ -17,13 +19,11 @@ from traitgraph.compiler.base_model import load_model, resolve_base
 from traitgraph.compiler.monitor import Check
 from traitgraph.compiler.task_vector import load_task_vector, read_task_vector_meta
 from traitgraph.compiler.train import train_node
-from traitgraph.errors import SpecError, UserError
+from traitgraph.errors import UserError
 from traitgraph.graph import load_specs
 from traitgraph.graph.hashing import node_hashes, training_payload
 from traitgraph.graph.replay import shipped_text
 from traitgraph.graph.target import resolve_target
-
-from conftest import pirate_node
 
 FP = "sha256:" + "ab" * 32
 #: AdamW at 1e-2 on the pico model: validation loss falls for the first steps
@@ -126,17 +126,7 @@ def test_monitor_is_in_the_hash_only_when_set(tmp_path):
     ({"evry": 3}, "training.monitor.evry", "unknown key"),
 ])
 def test_bad_monitor_values_name_file_node_and_field(tmp_path, capsys, monitor, field, says):
-    nodes = default_nodes()
-    nodes["alpha"]["training"] = {"monitor": monitor}
-    specs = write_specs(tmp_path, nodes=nodes)
-    with pytest.raises(SpecError) as info:
-        load_specs(specs)
-    [problem] = info.value.problems
-    assert problem.file.name == "alpha.yaml" and problem.node == "alpha" and problem.field == field
-    assert says in problem.message
-    assert main(["check", str(specs)]) == 2
-    err = capsys.readouterr().err
-    assert "alpha.yaml" in err and field in err and "Traceback" not in err
+    assert_bad_node_training(tmp_path, capsys, {"monitor": monitor}, field, says)
 
 
 def test_monitor_on_a_one_example_node_is_a_clear_error(tiny_specs):

@@ -8,18 +8,16 @@ import re
 import pytest
 import torch
 from safetensors import safe_open
+from spec_errors import assert_bad_node_training
 from specs_factory import default_nodes, write_specs
 
-from traitgraph.cli import main
 from traitgraph.compiler.base_model import load_model, resolve_base
 from traitgraph.compiler.task_vector import load_task_vector
 from traitgraph.compiler.train import train_node
-from traitgraph.errors import SpecError, UserError
+from traitgraph.errors import UserError
 from traitgraph.graph import load_specs
 from traitgraph.graph.hashing import node_hashes
 from traitgraph.graph.target import resolve_target
-
-from conftest import pirate_node
 
 FP = "sha256:" + "ab" * 32
 
@@ -124,14 +122,4 @@ def test_scope_and_anchor_change_the_hash(tmp_path, training):
     ({"anchor": {"l3": 0.1}}, "training.anchor.l3", "unknown key"),
 ])
 def test_bad_scope_and_anchor_values_name_file_node_and_field(tmp_path, capsys, training, field, says):
-    nodes = default_nodes()
-    nodes["alpha"]["training"] = training
-    specs = write_specs(tmp_path, nodes=nodes)
-    with pytest.raises(SpecError) as info:
-        load_specs(specs)
-    [problem] = info.value.problems
-    assert problem.file.name == "alpha.yaml" and problem.node == "alpha" and problem.field == field
-    assert says in problem.message
-    assert main(["check", str(specs)]) == 2
-    err = capsys.readouterr().err
-    assert "alpha.yaml" in err and field in err and "Traceback" not in err
+    assert_bad_node_training(tmp_path, capsys, training, field, says)

@@ -54,7 +54,13 @@ def run(args: argparse.Namespace) -> int:
     from traitgraph.atomic import write_text_atomic
     from traitgraph.builder.tasks import train_threads
     from traitgraph.compiler.base_model import load_model, resolve_base
-    from traitgraph.compiler.dream import DreamSettings, candidate_contexts, dream, render_dream_file, settings_record
+    from traitgraph.compiler.dream import (
+        DreamSettings,
+        candidate_contexts,
+        dream,
+        render_dream_file,
+        settings_record,
+    )
     from traitgraph.errors import UserError
     from traitgraph.evaluate.scores import generate
     from traitgraph.graph import load_specs

@@ -56,7 +56,6 @@ from traitgraph.compiler.data import (
     Batch,
     EncodedExample,
     EpochSampler,
-    batches_in_order,
     collate,
     encode_example,
     encode_examples,
@@ -77,7 +76,6 @@ from traitgraph.compiler.weights import (  # noqa: F401 (re-exported for callers
 from traitgraph.errors import BuildError, UserError
 from traitgraph.graph.schema import TrainingSettings
 from traitgraph.graph.target import TrainingTarget
-
 
 # --------------------------------------------------------------------------- data
 

@@ -180,7 +180,7 @@ class AnchorSettings(Strict):
     )
 
     @model_validator(mode="after")
-    def _one_pull(self) -> "AnchorSettings":
+    def _one_pull(self) -> AnchorSettings:
         if self.l2 == 0 and self.kl == 0:
             raise ValueError("an anchor with `l2: 0` and `kl: 0` does nothing; set one of them or remove `anchor`")
         return self

@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from traitgraph.errors import UserError
-from traitgraph.graph.replay import LocatedExample, ReplayPool, general_probe, located_examples, replay_pool
+from traitgraph.graph.replay import (
+    LocatedExample,
+    ReplayPool,
+    general_probe,
+    located_examples,
+    replay_pool,
+)
 from traitgraph.graph.schema import TrainingSettings
 
 if TYPE_CHECKING:
@@ -72,7 +78,7 @@ class TrainingTarget:
     parents: tuple[tuple[str, str], ...] = ()
     """``(node id, training hash)`` of each node it ``refines``, in order; the
     caller passes their task vectors in the same order."""
-    replay: ReplayPool = ReplayPool()
+    replay: ReplayPool = field(default_factory=ReplayPool)
     weight_sign: int = 1
     """+1 or -1: whether linking adds or subtracts this node's vector."""
     validation: tuple[LocatedExample, ...] = ()
@@ -91,7 +97,8 @@ def resolve_target(
     """The :class:`TrainingTarget` of ``node_id``; ``hashes`` (from
     :func:`~traitgraph.graph.hashing.node_hashes`) saves recomputing them."""
     if hashes is None:
-        from traitgraph.graph.hashing import node_hashes  # here, so the compiler importing this module stays light
+        # Imported here, so that the compiler importing this module stays light.
+        from traitgraph.graph.hashing import node_hashes
 
         hashes = node_hashes(spec, base_fingerprint)
     node = spec.nodes[node_id]
