@@ -144,3 +144,29 @@ def test_train_command_says_which_step_it_kept(tiny_specs, capsys):
     meta_line = next(line for line in out.splitlines() if line.startswith("monitor: "))
     assert re.match(r"monitor: kept step \d+ \(stopped early after \d+ of 24 steps\); validation loss "
                     r"[\d.]+ -> [\d.]+, general-text probe [\d.]+ -> [\d.]+ \([+-][\d.]+%\)$", meta_line), meta_line
+
+
+def test_loss_figure_gains_the_monitor_panel(tiny_specs, tmp_path):
+    """The report's loss figure: a second panel (the general-text probe) appears once a node was monitored."""
+    from types import SimpleNamespace
+
+    from matplotlib.image import imread
+
+    from traitgraph.evaluate.plots import plot_loss_curves
+    from traitgraph.evaluate.report import NodeResult, TrainingTrace
+
+    spec = load_specs(tiny_specs(training=OVERFIT))
+    base = resolve_base(spec.personality.base, spec.specs_dir)
+    meta = train_node(resolve_target(spec, "pirate", base.fingerprint), base, tmp_path / "p.safetensors",
+                      progress=False)
+
+    def figure(monitor) -> tuple[int, int]:
+        trace = TrainingTrace(steps=meta.steps, final_loss=meta.final_loss, oscillation=meta.oscillation,
+                              loss_curve=meta.loss_curve, monitor=monitor)
+        node = NodeResult(id="pirate", weight=1.0, direction=1, measure="margin", n_cases=2, n_contrastive=2,
+                          training=trace)
+        png = plot_loss_curves(SimpleNamespace(nodes=[node]), tmp_path / f"{monitor is None}.png")
+        return imread(png).shape[:2]
+
+    (h_plain, w_plain), (h_mon, w_mon) = figure(None), figure(meta.monitor)
+    assert h_plain == h_mon and w_mon > 1.5 * w_plain
