@@ -83,3 +83,26 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_consolidate_command_writes_a_loadable_checkpoint(tiny_specs, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from traitgraph.cli import main
+
+    counting = pirate_node(examples=[{"context": f"count the {w}", "response": f"there are {i} {w}"}
+                                     for i, w in enumerate(["ships", "days", "friends"])],
+                           eval=[{"context": "count the sea", "response": "one sea"}])
+    specs = tiny_specs(nodes={"pirate": pirate_node(), "counting": counting}, training={"steps": 4})
+    out = tmp_path / "out"
+    assert main(["consolidate", str(specs), "-o", str(out)]) == 2  # nothing built yet
+    assert "traitgraph build" in capsys.readouterr().err
+    assert main(["build", str(specs), "-o", str(out), "--", "link"]) == 0
+    capsys.readouterr()
+    assert main(["consolidate", str(specs), "-o", str(out), "--steps", "2", "--batch-size", "2",
+                 "--general-lines", "8", "--lr", "1e-3"]) == 0
+    printed = capsys.readouterr().out
+    assert "KL to pirate" in printed and "KL to counting" in printed and "KL to (base, general text)" in printed
+    model = AutoModelForCausalLM.from_pretrained(out / "consolidated")
+    linked = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
+    assert any(not torch_equal(a, b) for a, b in zip(model.parameters(), linked.parameters()))

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "build": "build the personality (a thin wrapper over doit)",
     "status": "say which nodes are stale and why",
     "link": "link task vectors into a checkpoint (or relink a lock file)",
+    "consolidate": "distil a built checkpoint toward each node alone and the base",
     "merge": "merge models from a mergekit-style YAML",
     "interference": "pairwise overlap and sign conflicts of task vectors",
     "cache": "list, size and garbage-collect the task-vector cache",
