@@ -2,6 +2,15 @@
 
     python bench/bench_optimizer.py [--steps 8] [--threads 2] [--lr 1e-4]
                                     [--lr-for apollo_mini=2e-4] [--optimizers apollo_mini]
+                                    [--sweep-mini-lr 1e-4,3e-4,1e-3] [--sweep-mini-scale 32,128,512]
+                                    [--base DIR]
+
+``--sweep-mini-lr`` and ``--sweep-mini-scale`` add one APOLLO-Mini run per
+(learning rate, scale) pair of the grid (a missing list means the default:
+``--lr`` and the preset's scale), each printed against AdamW at ``--lr``. The
+APOLLO presets live in ``traitgraph/compiler/optim/apollo.py`` (``PRESETS``);
+a scale found here can also be set per spec (``optimizer: {scale: 32}``).
+``--base`` runs on a local Hugging Face directory instead of the default base.
 
 Each optimizer starts from the same SmolLM2-135M-Instruct weights and takes
 the same number of steps on one small fixed batch of chat text (loss on the
@@ -41,9 +50,13 @@ CHATS = [
 SYSTEM = "Answer in one sentence."
 
 
-def load_base():
-    """SmolLM2-135M-Instruct as ``(model, tokenizer)``, through the compiler's
-    cached loader, or straight from the packaged GGUF if that loader fails."""
+def load_base(path: str | None = None):
+    """SmolLM2-135M-Instruct (or the local directory ``path``) as ``(model, tokenizer)``,
+    through the compiler's cached loader, or straight from the packaged GGUF if that loader fails."""
+    if path is not None:
+        from traitgraph.compiler.base_model import load_model, resolve_base
+
+        return load_model(resolve_base(path))
     try:
         from traitgraph.compiler.base_model import load_model, resolve_base
 
@@ -85,11 +98,12 @@ def chat_batch(tokenizer) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def run(name: str, model, initial: dict[str, torch.Tensor], batch, steps: int, lr: float, seed: int) -> dict:
-    """Train a fresh copy of the base with optimizer ``name``; what it cost and reached."""
+def run(settings: OptimizerSettings, model, initial: dict[str, torch.Tensor], batch, steps: int, lr: float,
+        seed: int) -> dict:
+    """Train a fresh copy of the base with optimizer ``settings``; what it cost and reached."""
+    name = settings.name
     model.load_state_dict(initial)
     model.train()
-    settings = OptimizerSettings(name=name)
     opt = build_optimizer(model.named_parameters(), settings, lr, seed)
     step_times, opt_times, losses = [], [], []
     for _ in range(steps):
@@ -109,7 +123,7 @@ def run(name: str, model, initial: dict[str, torch.Tensor], batch, steps: int, l
     eff = effective_settings(settings)
     return {
         "name": name,
-        "config": "-" if name == "adamw" else f"r={eff.rank} {eff.scale_type} s={eff.scale:g}",
+        "config": f"lr={lr:g}" if name == "adamw" else f"r={eff.rank} {eff.scale_type[0]} s={eff.scale:g} lr={lr:g}",
         "matrix_bytes": optimizer_state_bytes(opt, matrices),
         "total_bytes": optimizer_state_bytes(opt),
         "opt_ms": 1000 * statistics.median(opt_times),
@@ -127,16 +141,36 @@ def mib(n: int) -> str:
 
 def print_table(results: list[dict]) -> None:
     base = next(r for r in results if r["name"] == "adamw")
-    head = (f"{'optimizer':<12} {'settings':<20} {'state 2-D MiB':>13} {'total MiB':>9} {'vs AdamW':>8} "
+    head = (f"{'optimizer':<12} {'settings':<28} {'state 2-D MiB':>13} {'total MiB':>9} {'vs AdamW':>8} "
             f"{'opt.step ms':>11} {'step s':>6} {'final loss':>10} {'vs AdamW':>8} {'mean loss':>9} {'vs AdamW':>8}")
     print(head)
     print("-" * len(head))
     for r in results:
         state_ratio = "1" if r is base else f"1/{base['matrix_bytes'] / r['matrix_bytes']:.0f}"
-        print(f"{r['name']:<12} {r['config']:<20} {mib(r['matrix_bytes']):>13} {mib(r['total_bytes']):>9} "
+        print(f"{r['name']:<12} {r['config']:<28} {mib(r['matrix_bytes']):>13} {mib(r['total_bytes']):>9} "
               f"{state_ratio:>8} {r['opt_ms']:>11.0f} {r['step_s']:>6.2f} "
               f"{r['final_loss']:>10.3f} {r['final_loss'] / base['final_loss']:>8.2f} "
               f"{r['mean_loss']:>9.3f} {r['mean_loss'] / base['mean_loss']:>8.3f}")
+
+
+def _floats(text: str, flag: str, parser: argparse.ArgumentParser) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"{flag} {text!r}: give comma-separated numbers, e.g. 1e-4,3e-4")
+    if not values or any(v <= 0 for v in values):
+        parser.error(f"{flag} {text!r}: give at least one positive number")
+    return values
+
+
+def mini_grid(lrs: str | None, scales: str | None, default_lr: float,
+              parser: argparse.ArgumentParser) -> list[tuple[OptimizerSettings, float]]:
+    """One APOLLO-Mini run per (learning rate, scale) of the sweep grid; none without a sweep flag."""
+    if lrs is None and scales is None:
+        return []
+    lr_values = _floats(lrs, "--sweep-mini-lr", parser) if lrs is not None else [default_lr]
+    scale_values = _floats(scales, "--sweep-mini-scale", parser) if scales is not None else [None]
+    return [(OptimizerSettings(name="apollo_mini", scale=s), lr) for lr in lr_values for s in scale_values]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,6 +183,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="projection seed (default 0)")
     parser.add_argument("--optimizers", default="adamw,apollo,apollo_mini",
                         help="comma-separated registry names; adamw is always run as the reference")
+    parser.add_argument("--sweep-mini-lr", default=None, metavar="LR,LR,...",
+                        help="APOLLO-Mini learning rates to sweep (grid with --sweep-mini-scale)")
+    parser.add_argument("--sweep-mini-scale", default=None, metavar="S,S,...",
+                        help="APOLLO-Mini gradient scales to sweep (the preset is 128)")
+    parser.add_argument("--base", default=None, metavar="DIR", help="a local Hugging Face directory to run on")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = ["adamw"] + [n for n in args.optimizers.split(",") if n and n != "adamw"]
@@ -159,24 +198,27 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--lr-for {item!r}: {name!r} is not among the optimizers run ({', '.join(names)})")
         lrs[name] = float(value)
 
+    runs = [(OptimizerSettings(name=n), lrs[n]) for n in names]
+    runs += mini_grid(args.sweep_mini_lr, args.sweep_mini_scale, args.lr, parser)
+
     t0 = time.perf_counter()
     load_before = os.getloadavg()[0]
-    model, tokenizer = load_base()
+    model, tokenizer = load_base(args.base)
     batch = chat_batch(tokenizer)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     n_params = sum(p.numel() for p in model.parameters())
     n_matrix = sum(p.numel() for p in model.parameters() if p.ndim == 2)
     rates = ", ".join(f"{n} {lr:g}" for n, lr in lrs.items())
-    print(f"SmolLM2-135M-Instruct: {n_params / 1e6:.1f}M parameters, {n_matrix / 1e6:.1f}M in 2-D matrices; "
+    print(f"{args.base or 'SmolLM2-135M-Instruct'}: {n_params / 1e6:.1f}M parameters, {n_matrix / 1e6:.1f}M in 2-D matrices; "
           f"batch {tuple(batch['input_ids'].shape)}, {int((batch['labels'] != -100).sum())} reply tokens; "
           f"{args.steps} steps; lr: {rates}; {args.threads} threads; "
           f"load average {load_before:.1f} on {os.cpu_count()} CPUs at start")
-    results = [run(n, model, initial, batch, args.steps, lrs[n], args.seed) for n in names]
+    results = [run(settings, model, initial, batch, args.steps, lr, args.seed) for settings, lr in runs]
     print()
     print_table(results)
     print("\nloss before each step, and after the last:")
     for r in results:
-        print(f"  {r['name']:<12} " + " ".join(f"{x:.3f}" for x in r["losses"]))
+        print(f"  {r['name']:<12} {r['config']:<28} " + " ".join(f"{x:.3f}" for x in r["losses"]))
     print(f"\n'vs AdamW': state on the matrices as a fraction of AdamW's; loss / AdamW's loss. "
           f"'mean loss': over the losses above. Times are medians (wall clock) over the steps. "
           f"Total {time.perf_counter() - t0:.0f} s.")

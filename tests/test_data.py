@@ -12,13 +12,14 @@ from traitgraph.compiler.data import (
     EpochSampler,
     collate,
     encode_example,
-    encode_node_examples,
+    encode_examples,
     encode_text,
     load_general_text,
     render_chat,
 )
 from traitgraph.errors import UserError
 from traitgraph.graph import load_specs
+from traitgraph.graph.replay import located_examples
 from traitgraph.graph.schema import Example
 
 
@@ -66,7 +67,7 @@ def test_too_long_example_names_node_file_and_index(tokenizer, tiny_specs):
             "eval": [{"context": "other", "response": "arr"}]}
     spec = load_specs(tiny_specs(nodes={"pirate": node}))
     with pytest.raises(UserError) as info:
-        encode_node_examples(tokenizer, spec.nodes["pirate"], max_length=256)
+        encode_examples(tokenizer, located_examples(spec.nodes["pirate"]), max_length=256)
     msg = str(info.value)
     assert "nodes/pirate.yaml" in msg and "node 'pirate'" in msg and "examples[3]" in msg
     assert "max_length 256" in msg and "never cut" in msg
@@ -82,7 +83,7 @@ def test_too_long_example_in_examples_file_names_its_line(tokenizer, tiny_specs)
     (specs / "data" / "pirate.jsonl").write_text("\n".join(lines) + "\n")
     spec = load_specs(specs)
     with pytest.raises(UserError, match=r"pirate.jsonl line 3: node 'pirate', examples\[2\]"):
-        encode_node_examples(tokenizer, spec.nodes["pirate"], max_length=256)
+        encode_examples(tokenizer, located_examples(spec.nodes["pirate"]), max_length=256)
 
 
 def test_collate_pads_context_left_and_response_right():

@@ -21,12 +21,12 @@ from traitgraph.compiler.train import (
     apply_task_vectors,
     eval_loss,
     oscillation,
-    replay_count,
     task_vector,
     train_node,
 )
 from traitgraph.errors import BuildError, UserError
 from traitgraph.graph import load_specs
+from traitgraph.graph.target import resolve_target
 
 from conftest import pirate_node
 
@@ -34,6 +34,11 @@ from conftest import pirate_node
 def _setup(specs_dir):
     spec = load_specs(specs_dir)
     return spec, resolve_base(spec.personality.base, spec.specs_dir)
+
+
+def _train(spec, node_id, base, out, **kwargs):
+    """Train one node of ``spec`` as the builder does: resolve its target, then train it."""
+    return train_node(resolve_target(spec, node_id, base.fingerprint), base, out, progress=False, **kwargs)
 
 
 @pytest.fixture
@@ -57,7 +62,7 @@ def test_training_lowers_the_nodes_loss(tiny_specs, tmp_path):
     cases, examples = spec.nodes["pirate"].spec.eval, spec.nodes["pirate"].examples
     before = eval_loss(model, tok, cases), eval_loss(model, tok, examples)
 
-    meta = train_node(spec, "pirate", base, out, progress=False)
+    meta = _train(spec, "pirate", base, out)
 
     apply_task_vectors(model, [out])
     after = eval_loss(model, tok, cases), eval_loss(model, tok, examples)
@@ -76,7 +81,7 @@ def test_training_lowers_the_nodes_loss(tiny_specs, tmp_path):
 def test_tau_is_exact_and_named_like_the_checkpoint(tiny_specs, tmp_path, spy_trained, tiny_base_dir):
     spec, base = _setup(tiny_specs())
     out = tmp_path / "pirate.safetensors"
-    train_node(spec, "pirate", base, out, progress=False)
+    _train(spec, "pirate", base, out)
     tau, _ = load_task_vector(out)
     with safe_open(str(tiny_base_dir / "model.safetensors"), framework="pt") as h:
         checkpoint = {k: h.get_tensor(k) for k in h.keys()}
@@ -101,7 +106,7 @@ def test_tau_keeps_only_changed_tensors(tiny_base_dir):
 
 def test_vector_dtype_bfloat16(tiny_specs, tmp_path):
     spec, base = _setup(tiny_specs(training={"vector_dtype": "bfloat16", "steps": 2}))
-    meta = train_node(spec, "pirate", base, tmp_path / "p.safetensors", progress=False)
+    meta = _train(spec, "pirate", base, tmp_path / "p.safetensors")
     tau, _ = load_task_vector(tmp_path / "p.safetensors")
     assert meta.dtype == "bfloat16" and {t.dtype for t in tau.values()} == {torch.bfloat16}
 
@@ -113,9 +118,10 @@ _TRAIN_SCRIPT = textwrap.dedent("""
     from traitgraph.graph import load_specs
     from traitgraph.compiler.base_model import resolve_base
     from traitgraph.compiler.train import train_node
+    from traitgraph.graph.target import resolve_target
     spec = load_specs(sys.argv[1])
     base = resolve_base(spec.personality.base, spec.specs_dir)
-    train_node(spec, "pirate", base, Path(sys.argv[2]), progress=False)
+    train_node(resolve_target(spec, "pirate", base.fingerprint), base, Path(sys.argv[2]), progress=False)
 """)
 
 
@@ -147,7 +153,7 @@ def test_divergence_stops_with_a_clear_error_and_writes_nothing(tiny_specs, tmp_
                                             "grad_clip": None, "steps": 12}))
     out = tmp_path / "vectors" / "pirate.safetensors"
     with pytest.raises(BuildError, match=r"node 'pirate': training diverged at step \d+") as info:
-        train_node(spec, "pirate", base, out, progress=False)
+        _train(spec, "pirate", base, out)
     assert "learning_rate" in str(info.value)
     assert not out.exists()
     assert not out.parent.exists() or not list(out.parent.iterdir())  # no temp file left either
@@ -158,7 +164,7 @@ def test_too_long_example_fails_before_training(tiny_specs, tmp_path):
     node["examples"].append({"context": "word " * 200, "response": "arr"})
     spec, base = _setup(tiny_specs(nodes={"pirate": node}, training={"max_length": 128}))
     with pytest.raises(UserError, match=r"pirate.yaml: node 'pirate', examples\[6\]"):
-        train_node(spec, "pirate", base, tmp_path / "p.safetensors", progress=False)
+        _train(spec, "pirate", base, tmp_path / "p.safetensors")
     assert not (tmp_path / "p.safetensors").exists()
 
 
@@ -168,11 +174,11 @@ def test_refining_node_trains_on_top_of_its_parent(tiny_specs, tmp_path, spy_tra
     child["eval"] = [{"context": "question ten", "response": "arr captain 10"}]
     spec, base = _setup(tiny_specs(nodes={"pirate": pirate_node(), "captain": child}, training={"steps": 3}))
     parent = tmp_path / "pirate.safetensors"
-    train_node(spec, "pirate", base, parent, progress=False)
+    _train(spec, "pirate", base, parent)
     spy_trained.clear()
     with pytest.raises(BuildError, match="needs 1 parent task vector"):
-        train_node(spec, "captain", base, tmp_path / "c.safetensors", progress=False)
-    train_node(spec, "captain", base, tmp_path / "c.safetensors", parent_vectors=[parent], progress=False)
+        _train(spec, "captain", base, tmp_path / "c.safetensors")
+    _train(spec, "captain", base, tmp_path / "c.safetensors", parent_vectors=[parent])
     tau_parent, _ = load_task_vector(parent)
     tau_child, _ = load_task_vector(tmp_path / "c.safetensors")
     with safe_open(str(tiny_base_dir / "model.safetensors"), framework="pt") as h:
@@ -185,51 +191,10 @@ def test_parent_on_another_base_is_refused(tiny_specs, tmp_path):
     child = pirate_node(edges=[{"to": "pirate", "kind": "refines"}])
     spec, base = _setup(tiny_specs(nodes={"pirate": pirate_node(), "captain": child}, training={"steps": 1}))
     parent = tmp_path / "pirate.safetensors"
-    train_node(spec, "pirate", base, parent, progress=False)
+    _train(spec, "pirate", base, parent)
     other = type(base)(reference=base.reference, path=base.path, fingerprint="sha256:" + "0" * 64)
     with pytest.raises(BuildError, match="was trained on base"):
-        train_node(spec, "captain", other, tmp_path / "c.safetensors", parent_vectors=[parent], progress=False)
-
-
-@pytest.mark.parametrize("source", ["general", "other_nodes"])
-def test_replay_mixes_into_each_batch(tiny_specs, tmp_path, monkeypatch, source):
-    """Every batch holds the node's own rows first, then replay rows that really come from the source."""
-    from traitgraph.compiler.data import load_general_text
-
-    other = pirate_node()
-    other["examples"] = [{"context": f"count {i}", "response": f"number {i}"} for i in range(3)]
-    other["eval"] = [{"context": "count ten", "response": "number 10"}]
-    training = {"steps": 3, "replay": {"fraction": 0.5, "source": source}}
-    spec, base = _setup(tiny_specs(nodes={"pirate": pirate_node(), "counting": other}, training=training))
-    batches: list[list] = []
-    real_collate = train_module.collate
-
-    def recording_collate(rows, pad):  # the real collate, watched
-        batches.append(list(rows))
-        return real_collate(rows, pad)
-
-    monkeypatch.setattr(train_module, "collate", recording_collate)
-    meta = train_node(spec, "pirate", base, tmp_path / "p.safetensors", progress=False)
-    assert meta.steps == 3 and len(batches) == 3
-
-    _, tokenizer = load_model(base)
-    pirate_contexts = [ex["context"] for ex in pirate_node()["examples"]]
-    general = load_general_text()
-
-    def text(row) -> str:
-        return tokenizer.decode(list(row.context) + list(row.response), skip_special_tokens=True)
-
-    def from_source(row) -> bool:
-        if source == "general":
-            return any(line.startswith(text(row)) for line in general)
-        return any(f"count {i}" in text(row) and f"number {i}" in text(row) for i in range(3))
-
-    for rows in batches:
-        assert len(rows) == 4  # batch_size 4 at fraction 0.5: two of the node's rows, two replayed
-        own, replayed = rows[:2], rows[2:]
-        assert all(any(c in text(r) for c in pirate_contexts) for r in own), [text(r) for r in own]
-        assert all(from_source(r) for r in replayed), [text(r) for r in replayed]
-    assert replay_count(4, 0.5) == 2 and replay_count(4, 0.01) == 1 and replay_count(4, 0.0) == 0
+        _train(spec, "captain", other, tmp_path / "c.safetensors", parent_vectors=[parent])
 
 
 def test_oscillation_is_max_over_min_of_the_smoothed_tail():

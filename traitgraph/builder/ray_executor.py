@@ -59,7 +59,8 @@ def _sha256(data: bytes) -> str:
 class TrainJob:
     """Everything a worker needs to train one node (pickled into the Ray task)."""
 
-    spec: Any  # traitgraph.graph.Spec
+    spec: Any  # traitgraph.graph.Spec: where the worker finds the base
+    target: Any  # traitgraph.graph.target.TrainingTarget: what it trains
     node_id: str
     training_hash: str
     base_fingerprint: str
@@ -94,8 +95,7 @@ def run_job(job: TrainJob) -> dict[str, Any]:
                 parents.append(Path(tmp) / f"parent-{i}.safetensors")
                 parents[-1].write_bytes(data)
             out = Path(job.out_path) if job.out_path else Path(tmp) / "vector.safetensors"
-            meta = train_node(job.spec, job.node_id, base, out, parent_vectors=parents,
-                              progress=False, node_hash=job.training_hash)
+            meta = train_node(job.target, base, out, parent_vectors=parents, progress=False)
             data = out.read_bytes()
     except UserError as exc:
         return {"error": str(exc), "kind": type(exc).__name__}
@@ -175,7 +175,10 @@ class RayExecutor:
 
     def job(self, plan, node_id: str, parents: list[Path], threads: int) -> TrainJob:
         h = plan.hashes[node_id]
-        job = TrainJob(plan.spec, node_id, h, plan.fingerprint, threads)
+        from traitgraph.graph.target import resolve_target
+
+        target = resolve_target(plan.spec, node_id, plan.fingerprint, plan.hashes)
+        job = TrainJob(plan.spec, target, node_id, h, plan.fingerprint, threads)
         if self.settings.transfer == "shared_cache":
             return replace(job, parent_paths=[str(p) for p in parents], out_path=str(plan.cache.vector_path(h)))
         return replace(job, parents=[p.read_bytes() for p in parents])

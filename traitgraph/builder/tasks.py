@@ -73,8 +73,10 @@ def train_node_action(plan: BuildPlan, node_id: str) -> dict[str, str]:
 
     from traitgraph.compiler.base_model import resolve_base
     from traitgraph.compiler.train import train_node
+    from traitgraph.graph.target import resolve_target
 
-    parents = [plan.cache.verify(plan.hashes[dep]) for dep in plan.spec.dependencies(node_id)]
+    target = resolve_target(plan.spec, node_id, plan.fingerprint, plan.hashes)
+    parents = [plan.cache.verify(parent_hash) for _, parent_hash in target.parents]
     t0 = time.perf_counter()
     with plan.cache.writing():  # `cache gc` refuses while a vector is being trained and saved
         fault_point("train")
@@ -84,7 +86,7 @@ def train_node_action(plan: BuildPlan, node_id: str) -> dict[str, str]:
         else:
             torch.set_num_threads(train_threads())
             base = resolve_base(plan.spec.personality.base, plan.spec.specs_dir)
-            meta = train_node(plan.spec, node_id, base, plan.cache.vector_path(h), parent_vectors=parents, progress=True)
+            meta = train_node(target, base, plan.cache.vector_path(h), parent_vectors=parents, progress=True)
             fault_point("commit")
             plan.cache.commit(h, node_id, plan.payload(node_id))
             steps, final_loss, where = meta.steps, meta.final_loss, ""

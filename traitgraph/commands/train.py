@@ -56,6 +56,18 @@ def check_vector_output(out: Path) -> None:
         raise UserError(f"-o {out}: cannot write there ({parent} is not a writable directory)")
 
 
+def _monitor_line(record: dict, ran: int, budget: int) -> str:
+    """One line on what the training monitor kept (see docs/training.md)."""
+    best = next((c for c in record["checks"] if c["step"] == record["best_step"]), None)
+    start = record["start"]
+    stop = f"stopped early after {ran} of {budget} steps" if record["stopped_early"] else f"ran {ran} steps"
+    if best is None:
+        return f"monitor: {stop}; no check"
+    return (f"monitor: kept step {best['step']} ({stop}); validation loss {start['validation']:.4f} -> "
+            f"{best['validation']:.4f}, general-text probe {start['general']:.4f} -> {best['general']:.4f} "
+            f"({_pct(start['general'], best['general'])}{'' if best['within_ceiling'] else ', over the ceiling'})")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -64,10 +76,12 @@ def run(args: argparse.Namespace) -> int:
     from traitgraph.builder.tasks import train_threads
     from traitgraph.compiler.base_model import load_model, resolve_base
     from traitgraph.compiler.data import load_general_text
-    from traitgraph.compiler.train import apply_task_vectors, eval_loss, train_node
+    from traitgraph.compiler.train import eval_loss, train_node
+    from traitgraph.compiler.weights import apply_task_vectors
     from traitgraph.errors import BuildError, UserError
     from traitgraph.graph import load_specs
     from traitgraph.graph.hashing import node_hashes, training_payload
+    from traitgraph.graph.target import resolve_target
 
     if args.out:
         check_vector_output(Path(args.out))  # before minutes of training, not at the final rename
@@ -78,15 +92,16 @@ def run(args: argparse.Namespace) -> int:
     base = resolve_base(spec.personality.base, spec.specs_dir)
     hashes = node_hashes(spec, base.fingerprint)
     cache = VectorCache()
+    target = resolve_target(spec, args.node, base.fingerprint, hashes)
 
     parents = []
-    for dep in spec.dependencies(args.node):
-        if not cache.is_fresh(hashes[dep]):
+    for dep, dep_hash in target.parents:
+        if not cache.is_fresh(dep_hash):
             raise BuildError(
                 f"node '{args.node}' refines '{dep}', which is not built yet: "
                 f"run `traitgraph train {args.specs_dir} {dep}` (or `traitgraph build`) first"
             )
-        parents.append(cache.verify(hashes[dep]))
+        parents.append(cache.verify(dep_hash))
     out = Path(args.out) if args.out else cache.vector_path(hashes[args.node])
 
     # Before: the starting weights (base + parents).
@@ -103,8 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress = not args.no_progress and sys.stderr.isatty()
     with cache.writing() if args.out is None else contextlib.nullcontext():  # `cache gc` waits for the save
-        meta = train_node(spec, args.node, base, out, parent_vectors=parents, progress=progress,
-                          node_hash=hashes[args.node])
+        meta = train_node(target, base, out, parent_vectors=parents, progress=progress)
         if args.out is None:
             cache.commit(hashes[args.node], args.node, training_payload(spec, args.node, base.fingerprint, hashes))
 
@@ -114,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"train:{args.node}: {meta.steps} steps, {meta.tokens} response tokens, {meta.seconds:.1f} s, "
           f"final loss {meta.final_loss:.4f} (oscillation {meta.oscillation:.2f})")
     print(f"τ: {out} ({size_mb:.1f} MB, sha256 {sha256_file(out)[:12]})")
+    if meta.monitor is not None:
+        print(_monitor_line(meta.monitor, meta.steps, target.settings.steps))
     if before_eval is not None:
         after = eval_loss(model, tokenizer, cases)
         print(f"eval-case loss ({len(cases)} case{'s' if len(cases) != 1 else ''}):       {start} {before_eval:.4f} -> +τ {after:.4f} "

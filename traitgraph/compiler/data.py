@@ -154,37 +154,10 @@ def encode_example(tokenizer, example, *, max_length: int, where: str = "") -> E
     return encoded
 
 
-def example_locations(node) -> list[str]:
-    """A readable location for each of a loaded node's examples, in order.
-
-    Inline examples read ``nodes/x.yaml: node 'x', examples[3]``; those of an
-    ``examples_file`` read ``data/x.jsonl line 7: node 'x', examples[12]``.
-    """
-    node_id = node.spec.id
-    n_inline = len(node.spec.examples)
-    out = [f"{node.file}: node '{node_id}', examples[{i}]" for i in range(n_inline)]
-    lines: list[int] = []
-    data_file = node.data_files[0] if getattr(node, "data_files", ()) else None
-    if data_file is not None:
-        try:
-            text = Path(data_file).read_text(encoding="utf-8")
-            lines = [n for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-        except OSError:
-            lines = []
-    for i in range(n_inline, len(node.examples)):
-        j = i - n_inline
-        src = f"{data_file} line {lines[j]}" if j < len(lines) else f"{data_file or node.file} record {j + 1}"
-        out.append(f"{src}: node '{node_id}', examples[{i}]")
-    return out
-
-
-def encode_node_examples(tokenizer, node, *, max_length: int) -> list[EncodedExample]:
-    """Every training example of a loaded node (inline, then ``examples_file``)."""
-    locations = example_locations(node)
-    return [
-        encode_example(tokenizer, ex, max_length=max_length, where=where)
-        for ex, where in zip(node.examples, locations)
-    ]
+def encode_examples(tokenizer, located: Sequence, *, max_length: int) -> list[EncodedExample]:
+    """Tokenise located examples (``.example``, ``.where``: a resolved target's
+    examples or replay examples); a too-long one names where it was written."""
+    return [encode_example(tokenizer, ex.example, max_length=max_length, where=ex.where) for ex in located]
 
 
 def encode_text(tokenizer, text: str, *, max_length: int) -> EncodedExample | None:

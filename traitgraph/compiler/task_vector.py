@@ -59,6 +59,11 @@ class TaskVectorMeta(BaseModel):
         default=0.0,
         description="Wall time of training; reported, never stored in the file (it would make identical vectors differ).",
     )
+    monitor: dict[str, Any] | None = Field(
+        default=None,
+        description="The training monitor's checks (step, validation and general-text loss) and the kept step; "
+        "absent when the monitor is off.",
+    )
 
 
 def save_task_vector(
@@ -71,7 +76,8 @@ def save_task_vector(
         raise BuildError(f"task vector for node '{meta.node_id}' is empty: training changed no weight")
     contiguous = {k: v.detach().contiguous().cpu() for k, v in sorted(tensors.items())}
     with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata={FORMAT: meta.model_dump_json(exclude={"seconds"})})
+        unstored = {"seconds"} | ({"monitor"} if meta.monitor is None else set())
+        save_file(contiguous, str(tmp), metadata={FORMAT: meta.model_dump_json(exclude=unstored)})
     return sha256_file(path)
 
 

@@ -50,21 +50,61 @@ def graph_from_report(report) -> nx.DiGraph:
     return g
 
 
+def monitor_series(record: dict) -> tuple[list[int], list[float], list[float], int | None]:
+    """``(steps, validation loss, general-text change in %, kept step)`` of a monitor record,
+    the start (step 0) included.
+
+    >>> monitor_series({"start": {"validation": 2.0, "general": 4.0}, "best_step": 2,
+    ...                 "checks": [{"step": 2, "validation": 1.5, "general": 4.2}]})
+    ([0, 2], [2.0, 1.5], [0.0, 5.0], 2)
+    """
+    g0 = record["start"]["general"]
+    checks = [{"step": 0, **record["start"]}, *record["checks"]]
+    return ([c["step"] for c in checks], [c["validation"] for c in checks],
+            [round(100.0 * (c["general"] - g0) / g0, 6) for c in checks], record.get("best_step"))
+
+
+def _plot_monitors(ax_loss, ax_general, nodes, cmap) -> None:
+    """Validation loss (dotted, beside the training loss) and the general-text probe's change,
+    the kept step marked with a star."""
+    for i, n in enumerate(nodes):
+        if n.training.monitor is None:
+            continue
+        steps, validation, general, best = monitor_series(n.training.monitor)
+        ax_loss.plot(steps, validation, color=cmap(i % 10), lw=1.2, ls=":", marker="o", ms=3)
+        ax_general.plot(steps, general, color=cmap(i % 10), lw=1.2, marker="o", ms=3, label=n.id)
+        if best in steps:
+            k = steps.index(best)
+            ax_loss.plot([best], [validation[k]], "k*", ms=11)
+            ax_general.plot([best], [general[k]], "k*", ms=11)
+    ax_general.axhline(0.0, color="grey", lw=0.8)
+    ax_general.set_xlabel("step")
+    ax_general.set_ylabel("general-text probe loss, % change")
+    ax_general.set_title("Monitor: general-text probe (★ kept step)")
+    ax_general.grid(alpha=0.3)
+    ax_general.legend(fontsize=8, frameon=False)
+
+
 def plot_loss_curves(report, png: Path) -> Path | None:
-    """Training loss per step of every node (from each τ's metadata)."""
+    """Training loss per step of every node (from each τ's metadata); with a training
+    monitor, also its validation loss and, beside it, the general-text probe, kept step starred."""
     nodes = [n for n in report.nodes if n.training is not None and n.training.loss_curve]
     if not nodes:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    monitored = any(n.training.monitor is not None for n in nodes)
+    fig, axes = plt.subplots(1, 2 if monitored else 1, figsize=(14 if monitored else 8, 4.5), squeeze=False)
+    ax = axes[0][0]
     cmap = plt.get_cmap("tab10")
     for i, n in enumerate(nodes):
         curve = n.training.loss_curve
         ax.plot(range(1, len(curve) + 1), curve, color=cmap(i % 10), lw=1.8,
                 ls="-" if n.direction > 0 else "--", label=f"{n.id} ({n.weight:+g})")
+    if monitored:
+        _plot_monitors(ax, axes[0][1], nodes, cmap)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (response tokens)")
-    ax.set_title("Training loss per node (dashed: negative weight)")
+    ax.set_ylabel(("training and validation" if monitored else "training") + " loss (response tokens)")
+    ax.set_title("Training loss per node (dashed: negative weight" + ("; dotted: validation, ★ kept)" if monitored else ")"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     return _save(fig, png)

@@ -149,7 +149,7 @@ def training_traces(vectors: dict[str, Path], notes: list[str]) -> dict[str, Tra
             continue
         traces[node_id] = TrainingTrace(
             steps=meta.steps, final_loss=meta.final_loss, oscillation=meta.oscillation,
-            loss_curve=list(meta.loss_curve),
+            loss_curve=list(meta.loss_curve), monitor=meta.monitor,
         )
     if failed:
         notes.append(f"no loss curve for {', '.join(n for n, _ in failed)}: {failed[0][1]}")

@@ -87,6 +87,8 @@ class TrainingTrace(_Model):
     final_loss: float
     oscillation: float
     loss_curve: list[float]
+    monitor: dict[str, Any] | None = None
+    """The training monitor's checks and kept step (``training.monitor``), when it was on."""
 
 
 class NodeResult(_Model):

@@ -206,7 +206,7 @@ def vectors_applied(model, vectors: Sequence[tuple[Path, float]]) -> Iterator[No
     ...     alone = score_cases(model, tok, cases)
     """
     from traitgraph.compiler.task_vector import open_task_vector
-    from traitgraph.compiler.train import apply_task_vectors
+    from traitgraph.compiler.weights import apply_task_vectors
 
     params = dict(model.named_parameters())
     touched: set[str] = set()

@@ -11,11 +11,17 @@ everything that can change its trained task vector, and nothing else:
 ``training``         the effective training settings (defaults merged with
                      the node's overrides), every field with its value;
                      ``device`` and ``vector_dtype`` resolved, a cpu device
-                     left out (:func:`traitgraph.compiler.device.training_record`)
+                     left out (:func:`traitgraph.graph.device_policy.training_record`)
 ``base``             the base reference and the base weights' fingerprint
 ``parents``          the training hashes of the nodes it ``refines``
-``replay``           when replay is on: the hash of the replay source
+``replay``           when replay is on: the hash of the replay pool (the
+                     shipped replay corpus, or the examples of each replayed
+                     node: the other nodes with a positive weight)
 ===================  =====================================================
+
+A training field added after a release (``monitor``, and the others in
+:data:`traitgraph.graph.schema.OPTIONAL_TRAINING_FIELDS`) enters the document only when it is set, so specs that do not
+use it keep their hashes (and their cached vectors).
 
 Not in it (so editing them never retrains): ``description``, ``weight``,
 ``eval`` cases, ``related``/``conflicts`` edges, merge and eval settings,
@@ -30,8 +36,10 @@ import json
 from importlib import resources
 from typing import Any
 
-from traitgraph.compiler.device import base_parameters, training_record
+from traitgraph.graph.device_policy import base_parameters, training_record
 from traitgraph.graph.load import Spec
+from traitgraph.graph.replay import GENERAL_REPLAY_FILE, replay_nodes
+from traitgraph.graph.schema import TrainingSettings
 from traitgraph.versions import TRAINER_VERSION
 
 
@@ -44,10 +52,33 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def shipped_file_hash(name: str) -> str:
+    """Hash of a data file shipped in ``traitgraph/data/``."""
+    return sha256_hex(resources.files("traitgraph.data").joinpath(name).read_bytes())
+
+
 def general_text_hash() -> str:
-    """Hash of the shipped general text (the default replay source)."""
-    data = resources.files("traitgraph.data").joinpath("general_text.txt").read_bytes()
-    return sha256_hex(data)
+    """Hash of the shipped general text (the retention set)."""
+    return shipped_file_hash("general_text.txt")
+
+
+def settings_payload(settings: TrainingSettings) -> dict[str, Any]:
+    """The effective settings as hashed: every field, except optional ones left unset.
+
+    >>> settings_payload(TrainingSettings())["steps"]
+    8
+    """
+    return settings.record()
+
+
+def _replay_payload(spec: Spec, node_id: str, settings: TrainingSettings) -> dict[str, Any]:
+    if settings.replay.source == "general":
+        return {"replay_text": shipped_file_hash(GENERAL_REPLAY_FILE)}
+    return {
+        "other_nodes": {
+            other: sha256_hex(canonical_json(_examples_payload(spec, other))) for other in replay_nodes(spec, node_id)
+        }
+    }
 
 
 def _examples_payload(spec: Spec, node_id: str) -> list[dict]:
@@ -76,16 +107,7 @@ def training_payload(spec: Spec, node_id: str, base_fingerprint: str, parents: d
         "parents": {p: parents[p] for p in spec.dependencies(node_id)},
     }
     if settings.replay.fraction > 0:
-        if settings.replay.source == "general":
-            payload["replay"] = {"general_text": general_text_hash()}
-        else:
-            payload["replay"] = {
-                "other_nodes": {
-                    other: sha256_hex(canonical_json(_examples_payload(spec, other)))
-                    for other in sorted(spec.nodes)
-                    if other != node_id
-                }
-            }
+        payload["replay"] = _replay_payload(spec, node_id, settings)
     return payload
 
 

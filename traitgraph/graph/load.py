@@ -272,7 +272,7 @@ def _load_examples_file(
         return (), None
     examples: list[Example] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+        if not line.strip() or line.lstrip().startswith("#"):  # blank, or a comment (a dream header)
             continue
         try:
             raw = json.loads(line, object_pairs_hook=_unique_json_object)

@@ -214,8 +214,67 @@ class ReplaySettings(Strict):
     )
     source: Literal["general", "other_nodes"] = Field(
         default="general",
-        description="`general`: the shipped general text; `other_nodes`: other nodes' examples.",
+        description="`general`: the shipped replay corpus (disjoint from the retention text); `other_nodes`: examples of the other nodes with a positive weight.",
     )
+
+
+class MonitorSettings(Strict):
+    """A held-out monitor that keeps the τ of the best step (see docs/training.md).
+
+    Every ``every`` steps it scores a validation split of the node's examples
+    (held out from training by a seeded rule) and a general-text probe drawn
+    from the replay corpus (never the retention set). The kept step is the one
+    with the lowest validation loss among the checks whose general-text loss
+    rose by at most ``max_general_rise_pct`` over the start; training stops
+    after ``patience`` checks in a row without a new best.
+    """
+
+    every: int = Field(default=4, ge=1, le=100_000, description="Steps between checks.")
+    validation_fraction: float = Field(
+        default=0.2, gt=0.0, le=0.5,
+        description="Share of the node's examples held out for validation (at least one; seeded by `seed`).",
+    )
+    general_lines: int = Field(
+        default=32, ge=1, le=1000, description="Lines of the replay corpus scored as the general-text probe."
+    )
+    max_general_rise_pct: float = Field(
+        default=2.0, ge=0.0, description="Ceiling on the probe's loss rise (percent of its start) for a kept step."
+    )
+    patience: int = Field(default=2, ge=1, description="Stop after this many checks in a row without a new best.")
+
+
+class AnchorSettings(Strict):
+    """Hold training near where it started (see docs/training.md). At least one of
+    the two pulls must be on."""
+
+    l2: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="Share of τ pulled back toward the start weights after every step (0: off).",
+    )
+    kl: float = Field(
+        default=0.0, ge=0.0,
+        description="Weight of KL(start ‖ model) on the replay rows' next-token distributions (0: off; needs replay).",
+    )
+
+    @model_validator(mode="after")
+    def _one_pull(self) -> AnchorSettings:
+        if self.l2 == 0 and self.kl == 0:
+            raise ValueError("an anchor with `l2: 0` and `kl: 0` does nothing; set one of them or remove `anchor`")
+        return self
+
+
+def _trainable_patterns(v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if v is not None:
+        if not v:
+            raise ValueError("give at least one glob, e.g. 'model.layers.*.mlp.*', or remove `trainable`")
+        if any(not p.strip() for p in v):
+            raise ValueError("an empty glob matches nothing")
+    return v
+
+
+#: Training fields added after the first release: left out of hashes and
+#: records while unset, so specs that do not use them keep their hashes.
+OPTIONAL_TRAINING_FIELDS = ("monitor", "trainable", "anchor")
 
 
 class TrainingSettings(Strict):
@@ -251,6 +310,32 @@ class TrainingSettings(Strict):
         default="cpu",
         description="Where to train: `auto` takes cuda, then mps, then cpu on the machine planning the build.",
     )
+    monitor: MonitorSettings | None = Field(
+        default=None, description="Held-out monitor that keeps the best step and stops early; null: off."
+    )
+    trainable: tuple[str, ...] | None = Field(
+        default=None,
+        description="Globs over parameter names (fnmatch, e.g. `model.layers.1[5-9].mlp.*`); only matching "
+        "tensors train and appear in τ. null: every parameter.",
+    )
+    anchor: AnchorSettings | None = Field(default=None, description="Pull toward the start weights; null: off.")
+
+    @field_validator("trainable")
+    @classmethod
+    def _trainable_globs(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _trainable_patterns(v)
+
+    def record(self) -> dict:
+        """The settings as JSON data, optional fields left out while unset (hashes and metadata use this).
+
+        >>> "monitor" in TrainingSettings().record(), TrainingSettings().record()["steps"]
+        (False, 8)
+        """
+        data = self.model_dump(mode="json")
+        for name in OPTIONAL_TRAINING_FIELDS:
+            if data.get(name, "absent") is None:
+                del data[name]
+        return data
 
 
 class OptimizerOverrides(Strict):
@@ -283,6 +368,14 @@ class TrainingOverrides(Strict):
     replay: ReplaySettings | None = None
     vector_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     device: Literal["auto", "cpu", "cuda", "mps"] | None = None
+    monitor: MonitorSettings | None = None
+    trainable: tuple[str, ...] | None = None
+    anchor: AnchorSettings | None = None
+
+    @field_validator("trainable")
+    @classmethod
+    def _trainable_globs(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _trainable_patterns(v)
 
     def apply(self, defaults: TrainingSettings) -> TrainingSettings:
         """The effective settings: ``defaults`` with every set field replaced."""

@@ -1,0 +1,132 @@
+"""Replay done right: the rows mixed into each batch come from the shipped replay
+corpus (never the retention set) or from other *positive* nodes (never a node the
+link subtracts). The tests decode the batches training actually sees."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+
+import pytest
+from conftest import pirate_node
+
+from traitgraph.compiler import train as train_module
+from traitgraph.compiler.base_model import load_model, resolve_base
+from traitgraph.compiler.train import replay_count, train_node
+from traitgraph.errors import UserError
+from traitgraph.graph import load_specs
+from traitgraph.graph.hashing import node_hashes
+from traitgraph.graph.target import resolve_target
+
+
+def _data(name: str) -> str:
+    return resources.files("traitgraph.data").joinpath(name).read_text(encoding="utf-8")
+
+
+def _sentences(text: str) -> set[str]:
+    parts = re.split(r"(?<=[.!?])\s+|\n", text)
+    return {" ".join(re.findall(r"[a-z0-9]+", p.lower())) for p in parts if len(p.split()) >= 3}
+
+
+def _shingles(text: str, n: int = 8) -> set[tuple[str, ...]]:
+    out: set[tuple[str, ...]] = set()
+    for line in text.splitlines():
+        words = re.findall(r"[a-z0-9]+", line.lower())
+        out.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return out
+
+
+def _retention_text() -> str:
+    prompts = [json.loads(line) for line in _data("general_prompts.jsonl").splitlines() if line.strip()]
+    return _data("general_text.txt") + "\n" + "\n".join(f"{p['prompt']} {p['answer']}." for p in prompts)
+
+
+def test_replay_corpus_is_disjoint_from_the_retention_set():
+    replay, retention = _data("replay_text.txt"), _retention_text()
+    lines = [line for line in replay.splitlines() if line.strip()]
+    assert 150 <= len(lines) <= 300 and len(set(lines)) == len(lines)
+    assert replay.isascii()
+    assert not _sentences(replay) & _sentences(retention)
+    assert not _shingles(replay) & _shingles(retention)  # no run of 8 words in common either
+
+
+def _spy_batches(monkeypatch) -> list[list]:
+    """Every batch training collates, as its list of encoded rows."""
+    seen: list[list] = []
+    real = train_module.collate
+
+    def spy(rows, pad):
+        seen.append(list(rows))
+        return real(rows, pad)
+
+    monkeypatch.setattr(train_module, "collate", spy)
+    return seen
+
+
+def _train_and_decode(spec, base, tmp_path, monkeypatch) -> list[list[str]]:
+    batches = _spy_batches(monkeypatch)
+    train_node(resolve_target(spec, "pirate", base.fingerprint), base, tmp_path / "p.safetensors", progress=False)
+    _, tok = load_model(base)
+    return [[tok.decode(ex.context + ex.response) for ex in rows] for rows in batches]
+
+
+def test_general_replay_rows_come_from_the_replay_corpus(tiny_specs, tmp_path, monkeypatch):
+    spec = load_specs(tiny_specs(training={"steps": 3, "replay": {"fraction": 0.5, "source": "general"}}))
+    base = resolve_base(spec.personality.base, spec.specs_dir)
+    decoded = _train_and_decode(spec, base, tmp_path, monkeypatch)
+    replay_lines = [line.strip() for line in _data("replay_text.txt").splitlines() if line.strip()]
+    retention = [line.strip() for line in _data("general_text.txt").splitlines() if line.strip()]
+    pirate_responses = [ex["response"] for ex in pirate_node()["examples"]]
+    assert len(decoded) == 3 and all(len(rows) == 4 for rows in decoded)
+    for rows in decoded:
+        assert all(any(r in row for r in pirate_responses) for row in rows[:2])  # the node's own rows first
+        for row in rows[2:]:  # then replay rows: a replay corpus line (cut to max_length), never retention text
+            assert any(line.startswith(row) or row.startswith(line[:40]) for line in replay_lines), row
+            assert not any(line.startswith(row[:40]) for line in retention), row
+
+
+def _three_nodes(weight_of_negative: float = -1.0, counting_response: str = "number") -> dict[str, dict]:
+    counting = pirate_node(examples=[{"context": f"count {i}", "response": f"{counting_response} {i}"} for i in range(3)],
+                           eval=[{"context": "count ten", "response": "number 10"}])
+    polite = pirate_node(weight=weight_of_negative,
+                         examples=[{"context": f"ask {i}", "response": f"certainly sir {i}"} for i in range(3)],
+                         eval=[{"context": "ask ten", "response": "certainly sir 10"}])
+    return {"pirate": pirate_node(), "counting": counting, "polite": polite}
+
+
+def test_negative_nodes_are_never_replayed_as_targets(tiny_specs, tmp_path, monkeypatch):
+    training = {"steps": 4, "replay": {"fraction": 0.5, "source": "other_nodes"}}
+    spec = load_specs(tiny_specs(nodes=_three_nodes(), training=training))
+    base = resolve_base(spec.personality.base, spec.specs_dir)
+    decoded = _train_and_decode(spec, base, tmp_path, monkeypatch)
+    replayed = [row for rows in decoded for row in rows[2:]]
+    assert len(replayed) == 8
+    assert all("number" in row for row in replayed)  # counting (weight +1) is replayed ...
+    assert not any("certainly sir" in row for row in [r for rows in decoded for r in rows])  # ... polite (-1) never
+
+
+def test_replayed_node_set_follows_the_sign_in_the_hash(tiny_specs):
+    training = {"replay": {"fraction": 0.5, "source": "other_nodes"}}
+    fp = "sha256:" + "cd" * 32
+
+    def pirate_hash(**kw) -> str:
+        return node_hashes(load_specs(tiny_specs(nodes=_three_nodes(**kw), training=training)), fp)["pirate"]
+
+    h = pirate_hash()
+    assert pirate_hash(weight_of_negative=-2.0) == h  # still subtracted: same pool
+    assert pirate_hash(weight_of_negative=1.0) != h  # now replayed: another pool
+    assert pirate_hash(counting_response="figure") != h  # a replayed node's examples are in the hash
+
+
+def test_only_negative_others_is_a_clear_error(tiny_specs):
+    nodes = _three_nodes()
+    del nodes["counting"]
+    spec = load_specs(tiny_specs(nodes=nodes, training={"replay": {"fraction": 0.5, "source": "other_nodes"}}))
+    with pytest.raises(UserError, match=r"pirate.yaml: node 'pirate', field training.replay: .*negative weight"):
+        resolve_target(spec, "pirate", "sha256:" + "cd" * 32)
+
+
+def test_replay_count():
+    assert replay_count(4, 0.5) == 2 and replay_count(4, 0.01) == 1 and replay_count(4, 0.0) == 0
+    assert replay_count(4, 0.99) == 3  # always one row of the node's own

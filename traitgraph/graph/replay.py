@@ -1,0 +1,152 @@
+"""What a node replays: the pool of text or examples mixed into its batches.
+
+``training.replay.source`` picks the pool:
+
+==============  ==========================================================
+``general``     the shipped replay corpus (``traitgraph/data/replay_text.txt``),
+                written for this project and disjoint from the retention set
+                (``general_text.txt``, ``general_prompts.jsonl``), so replay
+                never trains on the text that measures forgetting
+                When ``training.monitor`` is on, its general-text probe
+                lines are taken out of the replay pool.
+``other_nodes`` the training examples of every other node with a *positive*
+                weight, by id. A node with a negative weight is one the user
+                wants removed; replaying its examples as targets would train
+                the very behaviour the link subtracts, so it is left out
+==============  ==========================================================
+
+The pool is resolved here, in the graph, so that the training hash
+(:mod:`traitgraph.graph.hashing`) and the compiler see the very same rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from traitgraph.errors import UserError
+from traitgraph.graph.schema import Example, TrainingSettings
+
+#: The shipped replay corpus used by ``replay.source: general`` (not the retention set).
+GENERAL_REPLAY_FILE = "replay_text.txt"
+
+
+@dataclass(frozen=True)
+class LocatedExample:
+    """An example and where it was written, for error messages
+    (``nodes/x.yaml: node 'x', examples[3]``)."""
+
+    example: Example
+    where: str
+
+
+@dataclass(frozen=True)
+class ReplayPool:
+    """The rows a node replays: plain text lines or other nodes' examples (one kind)."""
+
+    text: tuple[str, ...] = ()
+    examples: tuple[LocatedExample, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.text) + len(self.examples)
+
+
+def shipped_text(name: str) -> tuple[str, ...]:
+    """Non-empty, stripped lines of a text file shipped in ``traitgraph/data/``.
+
+    >>> shipped_text("general_text.txt")[0][:7]     # doctest: +SKIP
+    'The Sun'
+    """
+    try:
+        text = resources.files("traitgraph.data").joinpath(name).read_text(encoding="utf-8")
+    except (FileNotFoundError, OSError) as exc:
+        raise UserError(f"the shipped data file {name} is missing ({exc}); reinstall traitgraph") from None
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def example_locations(node) -> list[str]:
+    """A readable location for each of a loaded node's examples, in order.
+
+    Inline examples read ``nodes/x.yaml: node 'x', examples[3]``; those of an
+    ``examples_file`` read ``data/x.jsonl line 7: node 'x', examples[12]``.
+    """
+    node_id = node.spec.id
+    n_inline = len(node.spec.examples)
+    out = [f"{node.file}: node '{node_id}', examples[{i}]" for i in range(n_inline)]
+    lines: list[int] = []
+    data_file = node.data_files[0] if getattr(node, "data_files", ()) else None
+    if data_file is not None:
+        try:
+            text = Path(data_file).read_text(encoding="utf-8")
+            lines = [n for n, line in enumerate(text.splitlines(), start=1)
+                     if line.strip() and not line.lstrip().startswith("#")]
+        except OSError:
+            lines = []
+    for i in range(n_inline, len(node.examples)):
+        j = i - n_inline
+        src = f"{data_file} line {lines[j]}" if j < len(lines) else f"{data_file or node.file} record {j + 1}"
+        out.append(f"{src}: node '{node_id}', examples[{i}]")
+    return out
+
+
+def located_examples(node) -> tuple[LocatedExample, ...]:
+    """Every training example of a loaded node (inline, then ``examples_file``), located."""
+    return tuple(LocatedExample(ex, where) for ex, where in zip(node.examples, example_locations(node)))
+
+
+def replay_nodes(spec, node_id: str) -> list[str]:
+    """The nodes whose examples ``node_id`` replays with ``source: other_nodes``, by id:
+    every other node with a positive weight (see module doc)."""
+    return [other for other in sorted(spec.nodes) if other != node_id and spec.nodes[other].spec.weight > 0]
+
+
+def probe_indices(n_lines: int, n_probe: int) -> list[int]:
+    """Indices of the general-text probe: ``n_probe`` lines spread evenly over a
+    file of ``n_lines`` (all of them when the file is shorter).
+
+    >>> probe_indices(10, 3), probe_indices(2, 5)
+    ([0, 3, 6], [0, 1])
+    """
+    if n_probe >= n_lines:
+        return list(range(n_lines))
+    return sorted({(i * n_lines) // n_probe for i in range(n_probe)})
+
+
+def general_probe(settings: TrainingSettings) -> tuple[str, ...]:
+    """The monitor's general-text probe: lines of the replay corpus (never the
+    retention set); empty when the monitor is off."""
+    if settings.monitor is None:
+        return ()
+    lines = shipped_text(GENERAL_REPLAY_FILE)
+    return tuple(lines[i] for i in probe_indices(len(lines), settings.monitor.general_lines))
+
+
+def general_replay_text(settings: TrainingSettings) -> tuple[str, ...]:
+    """The replay corpus, less the monitor's probe lines when the monitor is on
+    (a probe that was trained on would not measure forgetting)."""
+    lines = shipped_text(GENERAL_REPLAY_FILE)
+    if settings.monitor is None:
+        return lines
+    probe = set(probe_indices(len(lines), settings.monitor.general_lines))
+    return tuple(line for i, line in enumerate(lines) if i not in probe)
+
+
+def replay_pool(spec, node_id: str, settings: TrainingSettings) -> ReplayPool:
+    """The replay pool of a node (empty when replay is off)."""
+    if settings.replay.fraction <= 0:
+        return ReplayPool()
+    if settings.replay.source == "general":
+        pool = ReplayPool(text=general_replay_text(settings))
+    else:
+        pool = ReplayPool(
+            examples=tuple(ex for other in replay_nodes(spec, node_id) for ex in located_examples(spec.nodes[other]))
+        )
+    if not len(pool):
+        node = spec.nodes[node_id]
+        raise UserError(
+            f"{node.file}: node '{node_id}', field training.replay: replay source "
+            f"'{settings.replay.source}' has no examples (other nodes with a negative weight are never "
+            "replayed); set `replay: fraction: 0` or use `source: general`"
+        )
+    return pool
