@@ -72,8 +72,9 @@ def example_specs(root: Path) -> Path:
 
 
 def qwen2_specs(root: Path) -> Path:
-    from conftest import pirate_node, write_tiny_specs
     from model_families import make_family_base
+
+    from conftest import pirate_node, write_tiny_specs
 
     base = make_family_base("qwen2", root / "qwen2-base")
     return write_tiny_specs(root / "qwen2", base, {"pirate": pirate_node()},

@@ -41,8 +41,9 @@ def make_family_base(family: str, path: Path, seed: int = 0) -> Path:
     """Save a tiny random ``family`` model and the pico tokenizer under ``path``."""
     import torch
     import transformers
-    from conftest import make_tiny_tokenizer
     from transformers.utils import logging as hf_logging
+
+    from conftest import make_tiny_tokenizer
 
     config_cls, model_cls, overrides, save_options = FAMILIES[family]
     tokenizer = make_tiny_tokenizer()

@@ -4,11 +4,12 @@ at the right file, node and field, and ``traitgraph check`` exits 2 without a tr
 from __future__ import annotations
 
 import pytest
-from specs_factory import default_nodes, write_specs
 
 from traitgraph.cli import main
 from traitgraph.errors import SpecError
 from traitgraph.graph import load_specs
+
+from specs_factory import default_nodes, write_specs
 
 
 def assert_bad_node_training(tmp_path, capsys, training: dict, field: str, says: str) -> None:

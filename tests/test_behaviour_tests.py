@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import pirate_node, write_tiny_specs
 
 from traitgraph.cli import main
 from traitgraph.compiler.base_model import ResolvedBase, load_model
@@ -24,6 +23,8 @@ from traitgraph.evaluate.behaviour_tests import GENERAL, collect_tests, select
 from traitgraph.evaluate.report import REPORT_JSON, REPORT_MD, read_report
 from traitgraph.evaluate.scores import generate, prompt_ids, stop_ids
 from traitgraph.graph import load_specs
+
+from conftest import pirate_node, write_tiny_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,6 @@ import contextlib
 import io
 
 import pytest
-from conftest import pirate_node
 
 from traitgraph.compiler.base_model import load_model, resolve_base
 from traitgraph.compiler.consolidate import (
@@ -23,6 +22,8 @@ from traitgraph.compiler.weights import apply_task_vectors
 from traitgraph.graph import load_specs
 from traitgraph.graph.replay import shipped_text
 from traitgraph.graph.target import resolve_target
+
+from conftest import pirate_node
 
 
 @pytest.fixture(scope="module")

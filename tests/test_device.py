@@ -13,7 +13,6 @@ import json
 
 import pytest
 import torch
-from conftest import pirate_node
 
 from traitgraph.compiler.device import (
     BF16_VECTOR_PARAMETERS,
@@ -29,6 +28,8 @@ from traitgraph.graph.hashing import (
     sha256_hex,
     training_payload,
 )
+
+from conftest import pirate_node
 
 FP = "sha256:" + "0" * 64
 
@@ -87,7 +88,8 @@ def test_base_parameters_counts_the_checkpoint(tiny_base_dir):
 
 
 def test_embedded_parameter_counts_match_their_gguf():
-    gguf = pytest.importorskip("gguf")
+    import gguf
+
     from traitgraph.compiler.base_model import _embedded_gguf
 
     for name, count in EMBEDDED_PARAMETERS.items():

@@ -7,11 +7,12 @@ import json
 
 import pytest
 import yaml
-from conftest import pirate_node
 
 from traitgraph.cli import main
 from traitgraph.graph import load_specs
 from traitgraph.graph.schema import Example
+
+from conftest import pirate_node
 
 
 def _nodes() -> dict[str, dict]:
@@ -28,12 +29,13 @@ def teacher_dir(tiny_base_dir, tmp_path_factory):
     """A pico model that has learnt the pirate node (the random pico base only says newlines):
     the base plus a trained pirate τ, saved as an ordinary Hugging Face directory."""
     import torch
-    from conftest import write_tiny_specs
 
     from traitgraph.compiler.base_model import load_model, resolve_base
     from traitgraph.compiler.train import train_node
     from traitgraph.compiler.weights import apply_task_vectors
     from traitgraph.graph.target import resolve_target
+
+    from conftest import write_tiny_specs
 
     root = tmp_path_factory.mktemp("teacher")
     training = {"learning_rate": 3e-3, "steps": 30, "batch_size": 6, "seed": 0, "optimizer": {"name": "adamw"}}

@@ -7,7 +7,6 @@ produced by the code under test.
 from __future__ import annotations
 
 import pytest
-from specs_factory import eval_case, mutated, write_specs
 
 from traitgraph.cli import main
 from traitgraph.errors import SpecError
@@ -15,6 +14,8 @@ from traitgraph.evaluate.expectations import check_reply, repeated_ngrams, words
 from traitgraph.graph import load_specs
 from traitgraph.graph.hashing import node_hashes
 from traitgraph.graph.schema import Expectation
+
+from specs_factory import eval_case, mutated, write_specs
 
 FINGERPRINT = "sha256:" + "cd" * 32
 

@@ -9,12 +9,11 @@ about ±3): f32 1e-5 (exact up to summation order), f16 1e-2, q8_0 5e-2.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
-
 from test_export_lora import build  # noqa: F401  (the pico build, one per module)
+
 from traitgraph.cli import main
 
 TOLERANCE = {"f32": 1e-5, "f16": 1e-2, "q8_0": 5e-2}
@@ -126,7 +125,10 @@ def test_hf_base_without_template_and_wrong_templates_are_user_errors(build, tmp
     w = gguf.GGUFWriter(other, "gpt2")
     w.add_block_count(2)
     w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     assert main(["export", str(out), "--gguf", "--template", str(other), "--specs", str(specs)]) == 2
     assert "not supported" in capsys.readouterr().err
     assert not list(out.glob("*.gguf.*"))  # nothing half-written

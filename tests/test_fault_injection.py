@@ -26,8 +26,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import pirate_node, write_tiny_specs
 from traitgraph.cli import main
+
+from conftest import pirate_node, write_tiny_specs
 
 #: stages in the order one build reaches them (install needs a checkpoint to replace: after lock)
 STAGES = ["train", "commit", "link", "lock", "install", "eval"]

@@ -8,9 +8,10 @@ import shutil
 import pytest
 import yaml
 
-from conftest import pirate_node
 from traitgraph.cli import main
 from traitgraph.linker.lock import read_lock
+
+from conftest import pirate_node
 
 
 def _card(out):

@@ -16,9 +16,10 @@ import json
 
 import pytest
 import torch
-from conftest import pirate_node, write_tiny_specs
 from model_families import FAMILIES, make_family_base
 from safetensors import safe_open
+
+from conftest import pirate_node, write_tiny_specs
 
 TRAINING = {"learning_rate": 1e-3, "steps": 3, "batch_size": 4, "seed": 0}
 

@@ -9,9 +9,7 @@ import re
 
 import pytest
 import torch
-from conftest import pirate_node
 from spec_errors import assert_bad_node_training
-from specs_factory import default_nodes, write_specs
 
 from traitgraph.cli import main
 from traitgraph.compiler import train as train_module
@@ -24,6 +22,9 @@ from traitgraph.graph import load_specs
 from traitgraph.graph.hashing import node_hashes, training_payload
 from traitgraph.graph.replay import shipped_text
 from traitgraph.graph.target import resolve_target
+
+from conftest import pirate_node
+from specs_factory import default_nodes, write_specs
 
 FP = "sha256:" + "ab" * 32
 #: AdamW at 1e-2 on the pico model: validation loss falls for the first steps

@@ -29,9 +29,9 @@ import yaml
 # Ray reads this when it is imported: keep every address of the test cluster on loopback
 # (by default Ray advertises the machine's network interface).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-ray = pytest.importorskip("ray", reason="ray is an optional extra: pip install 'traitgraph[ray]'")
+import ray  # noqa: E402  (an optional extra of the package, but the test setup installs it: fail, never skip)
 
-from conftest import pirate_node, write_tiny_specs
+from conftest import pirate_node, write_tiny_specs  # noqa: E402
 
 TRAINING = {"learning_rate": 1e-3, "steps": 3, "batch_size": 4, "seed": 0}
 #: Where nothing listens: a build that tried to reach Ray here would fail.

@@ -26,8 +26,9 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from conftest import pirate_node
 from traitgraph.cli import main
+
+from conftest import pirate_node
 
 
 def cli(*argv: str) -> tuple[int, str, str]:

@@ -9,7 +9,6 @@ import re
 from importlib import resources
 
 import pytest
-from conftest import pirate_node
 
 from traitgraph.compiler import train as train_module
 from traitgraph.compiler.base_model import load_model, resolve_base
@@ -18,6 +17,8 @@ from traitgraph.errors import UserError
 from traitgraph.graph import load_specs
 from traitgraph.graph.hashing import node_hashes
 from traitgraph.graph.target import resolve_target
+
+from conftest import pirate_node
 
 
 def _data(name: str) -> str:

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors import safe_open
 from spec_errors import assert_bad_node_training
-from specs_factory import default_nodes, write_specs
 
 from traitgraph.compiler.base_model import load_model, resolve_base
 from traitgraph.compiler.task_vector import load_task_vector
@@ -18,6 +17,8 @@ from traitgraph.errors import UserError
 from traitgraph.graph import load_specs
 from traitgraph.graph.hashing import node_hashes
 from traitgraph.graph.target import resolve_target
+
+from specs_factory import default_nodes, write_specs
 
 FP = "sha256:" + "ab" * 32
 

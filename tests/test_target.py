@@ -7,11 +7,12 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from specs_factory import default_nodes, write_specs
 
 from traitgraph.graph import load_specs
 from traitgraph.graph.hashing import node_hashes
 from traitgraph.graph.target import resolve_target
+
+from specs_factory import default_nodes, write_specs
 
 FINGERPRINT = "sha256:" + "ab" * 32
 COMPILER = Path(__file__).resolve().parent.parent / "traitgraph" / "compiler"

@@ -21,7 +21,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-
 #: the suffix of every temporary file :func:`atomic_path` writes
 TEMP_SUFFIX = ".tmp"
 

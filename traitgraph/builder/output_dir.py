@@ -52,7 +52,7 @@ def check_output_dir(out: Path, spec: Spec) -> None:
         raise UserError(f"-o {out}: the output directory is not writable")
 
 
-def clean_after_crash(out: "OutputLayout") -> list[Path]:
+def clean_after_crash(out: OutputLayout) -> list[Path]:
     """Remove what a killed build left in ``out``; returns what was removed. Call it holding the build lock.
 
     >>> clean_after_crash(OutputLayout(Path("out")))   # doctest: +SKIP

@@ -65,7 +65,7 @@ class OutputLock:
     instead of interleaving its writes with the first one's.
     """
 
-    def __init__(self, out: "OutputLayout"):
+    def __init__(self, out: OutputLayout):
         self.out = out
         self._fh: IO[str] | None = None
 
@@ -84,7 +84,7 @@ class OutputLock:
             return None, ""
         return fh, ""
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         try:
             self.out.state.mkdir(parents=True, exist_ok=True)
             fh, holder = self._try_lock()
@@ -124,7 +124,7 @@ class OutputLock:
             self._fh.close()
             self._fh = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

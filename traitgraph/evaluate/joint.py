@@ -52,6 +52,7 @@ def joint_vector(spec: Spec, cache, base) -> tuple[Path, str] | None:
     """The joint reference's cached τ (trained on a miss) and its sha256; None without positive examples."""
     from traitgraph.compiler.train import train_node
     from traitgraph.graph.hashing import canonical_json, sha256_hex, training_payload
+    from traitgraph.graph.target import resolve_target
 
     joint = joint_spec(spec)
     if joint is None:
@@ -59,7 +60,8 @@ def joint_vector(spec: Spec, cache, base) -> tuple[Path, str] | None:
     payload = training_payload(joint, JOINT_ID, base.fingerprint, {})
     h = sha256_hex(canonical_json(payload))
     if not cache.is_fresh(h):
-        train_node(joint, JOINT_ID, base, cache.vector_path(h), progress=False, node_hash=h)
+        target = resolve_target(joint, JOINT_ID, base.fingerprint, {JOINT_ID: h})
+        train_node(target, base, cache.vector_path(h), progress=False)
         cache.commit(h, JOINT_ID, payload)
     record = cache.record(h)
     return cache.verify(h), record.sha256

@@ -41,11 +41,12 @@ from typing import Any
 from traitgraph import __version__
 from traitgraph.builder.plan import BuildPlan, log_event, remove_outputs
 from traitgraph.errors import BuildError
-from traitgraph.faults import fault_point
 from traitgraph.evaluate import inputs as _inputs
 from traitgraph.evaluate import results as _results
 from traitgraph.evaluate import scorer as _scorer
 from traitgraph.evaluate import threads as _threads
+from traitgraph.evaluate.behaviour_tests import BehaviourTestReport, answer_tests, behaviour_tests_of_build
+from traitgraph.evaluate.honest import score_trimmed, with_trimmed
 from traitgraph.evaluate.inputs import (  # noqa: F401  (re-exported: importable from here as before)
     SCORING_VERSION,
     canonical,
@@ -56,8 +57,6 @@ from traitgraph.evaluate.inputs import (  # noqa: F401  (re-exported: importable
     read_build_lock,
     report_is_current,
 )
-from traitgraph.evaluate.behaviour_tests import BehaviourTestReport, answer_tests, behaviour_tests_of_build
-from traitgraph.evaluate.honest import score_trimmed, with_trimmed
 from traitgraph.evaluate.joint import joint_reference_cases, with_joint
 from traitgraph.evaluate.memo import ScoreMemo
 from traitgraph.evaluate.report import (
@@ -73,15 +72,16 @@ from traitgraph.evaluate.report import (
 )
 from traitgraph.evaluate.results import (  # noqa: F401  (node_result re-exported)
     measure_interference,
-    with_ood,
     node_result,
     retention,
     samples_by_node,
     scored_cases,
     training_traces,
+    with_ood,
 )
 from traitgraph.evaluate.scorer import ModelScorer, case_item
 from traitgraph.evaluate.threads import EVAL_THREADS_ENV, eval_threads, torch_threads  # noqa: F401
+from traitgraph.faults import fault_point
 
 # The private helpers this module held before it was split, under their old names, so that code
 # written against the old run.py keeps working; new code imports them from their modules.

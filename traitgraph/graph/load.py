@@ -26,8 +26,8 @@ import networkx as nx
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from traitgraph.graph.confine import OutsideSpecs, confined_path, read_confined
 from traitgraph.errors import SpecError, SpecProblem, field_path, validation_message
+from traitgraph.graph.confine import OutsideSpecs, confined_path, read_confined
 from traitgraph.graph.schema import (
     DEPENDENCY_EDGE_KINDS,
     Example,

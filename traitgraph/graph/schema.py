@@ -146,7 +146,7 @@ class Expectation(Strict):
         return v
 
     @model_validator(mode="after")
-    def _some_check(self) -> "Expectation":
+    def _some_check(self) -> Expectation:
         checks = (self.contains_any, self.contains_all, self.avoids, self.matches, self.max_words, self.no_repetition)
         if not any(checks):
             raise ValueError("no check given; use contains_any, contains_all, avoids, matches, max_words "
@@ -435,7 +435,7 @@ class MergeSettings(Strict):
     )
 
     @model_validator(mode="after")
-    def _della_probabilities(self) -> "MergeSettings":
+    def _della_probabilities(self) -> MergeSettings:
         inside = 0.0 < self.density - self.epsilon and self.density + self.epsilon < 1.0
         if self.method == "della" and self.density < 1.0 and not inside:
             raise ValueError(

@@ -23,15 +23,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from typing import Annotated
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from traitgraph.atomic import sha256_file, write_text_atomic
 from traitgraph.errors import BuildError, field_path, validation_message
 from traitgraph.graph.schema import MergeSettings
-
 
 #: a sha256 in hex: what every hash field of a lock must be (never a path: a lock is shared and downloaded)
 HEX_SHA256 = r"^[0-9a-f]{64}$"

@@ -51,9 +51,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from traitgraph.errors import UserError, field_path, validation_message
+from traitgraph.graph.schema import MAX_SCALE
 from traitgraph.linker.link import LinkInput, link
 from traitgraph.linker.merging import MergeOptions
-from traitgraph.graph.schema import MAX_SCALE
 
 SUPPORTED_METHODS = ("ties", "task_arithmetic", "dare_ties", "dare_linear", "della", "breadcrumbs", "breadcrumbs_ties")
 #: mergekit's default for ``normalize`` per method (its registry's ``default_normalize``).
