@@ -238,7 +238,8 @@ def test_status_explains_what_changed(project, tiny_base_dir):
 
 
 def test_second_build_on_same_output_is_refused(project):
-    from traitgraph.builder.plan import OutputLayout, OutputLock
+    from traitgraph.builder.output_lock import OutputLock
+    from traitgraph.builder.plan import OutputLayout
 
     specs, out, cache = project
     with OutputLock(OutputLayout(out)):

@@ -154,7 +154,8 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killing_a_parallel_build_kills_its_workers_and_frees_the_output(tmp_path, tiny_base_dir, sig):
-    from traitgraph.builder.plan import OutputLayout, OutputLock
+    from traitgraph.builder.output_lock import OutputLock
+    from traitgraph.builder.plan import OutputLayout
 
     slow = {**TRAINING, "steps": 100_000}  # trains until killed
     specs = write_tiny_specs(tmp_path / "project", tiny_base_dir,
@@ -201,7 +202,8 @@ def test_a_worker_killed_outright_stops_a_parallel_build_instead_of_hanging(tmp_
 
 def test_a_stale_lock_whose_owner_is_gone_is_taken_over(tmp_path, capfd):
     """An orphan (of an older traitgraph, say) still holds the lock; the pid the lock names is gone."""
-    from traitgraph.builder.plan import OutputLayout, OutputLock
+    from traitgraph.builder.output_lock import OutputLock
+    from traitgraph.builder.plan import OutputLayout
 
     out = OutputLayout(tmp_path / "out")
     out.state.mkdir(parents=True)

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from traitgraph.compiler.task_vector import TaskVectorMeta, save_task_vector
-from traitgraph.evaluate.honest import lost_in_words, trimmed_vector
+from traitgraph.evaluate.honest import trimmed_vector
+from traitgraph.evaluate.kept_words import lost_in_words
 from traitgraph.evaluate.report import PromptResult, Retention, check_gates
 from traitgraph.graph.schema import EvalSettings, MergeSettings
 from traitgraph.linker.link import LinkInput, link_checkpoint

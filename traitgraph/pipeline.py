@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from traitgraph.builder.output_dir import check_output_dir, clean_after_crash
-from traitgraph.builder.plan import BuildPlan, OutputLock
+from traitgraph.builder.output_lock import OutputLock
+from traitgraph.builder.plan import BuildPlan
 from traitgraph.builder.tasks import base_task, doit_config, link_task, train_tasks
 from traitgraph.errors import UserError
 from traitgraph.evaluate.run import eval_task

@@ -29,7 +29,6 @@ from typing import Any
 
 from traitgraph.atomic import write_text_atomic
 from traitgraph.builder.cache import VectorCache
-from traitgraph.builder.output_lock import OutputLock  # noqa: F401  (re-exported: its home was here)
 from traitgraph.errors import BuildError
 from traitgraph.graph import Spec, load_specs
 from traitgraph.graph.hashing import node_hashes, training_payload

@@ -24,9 +24,10 @@ from pathlib import Path
 from traitgraph.builder.cache import VectorCache
 from traitgraph.builder.plan import OutputLayout
 from traitgraph.errors import BuildError
+from traitgraph.linker.install import MARKER
 
 #: Files of OUT/checkpoint that are not lock outputs.
-NOT_LOCK_OUTPUTS = frozenset({"README.md"})
+NOT_LOCK_OUTPUTS = frozenset({"README.md", MARKER})  # the model card, and the marker of a traitgraph output
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from traitgraph.builder.plan import BuildPlan, OutputLock
+    from traitgraph.builder.output_lock import OutputLock
+    from traitgraph.builder.plan import BuildPlan
     from traitgraph.evaluate.run import read_build_lock, run_eval
 
     plan = BuildPlan.load(args.specs_dir, args.out)

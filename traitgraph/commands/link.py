@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from traitgraph.builder.cache import VectorCache
     from traitgraph.builder.output_dir import check_output_dir
-    from traitgraph.builder.plan import BuildPlan, OutputLayout, OutputLock, write_stamps
+    from traitgraph.builder.output_lock import OutputLock
+    from traitgraph.builder.plan import BuildPlan, OutputLayout, write_stamps
     from traitgraph.builder.tasks import link_action
     from traitgraph.compiler.base_model import base_fingerprint, resolve_base
     from traitgraph.errors import BuildError, UserError

@@ -75,7 +75,8 @@ from traitgraph.compiler.weights import (  # noqa: F401 (re-exported for callers
     trainable_parameters,
 )
 from traitgraph.errors import BuildError, UserError
-from traitgraph.graph.schema import TrainingSettings
+from traitgraph.graph.replay import BASE_REPLY_TOKENS, REPLAY_PROMPTS_FILE, LocatedExample
+from traitgraph.graph.schema import Example, TrainingSettings
 from traitgraph.graph.target import TrainingTarget
 
 # --------------------------------------------------------------------------- data
@@ -93,9 +94,16 @@ def replay_count(batch_size: int, fraction: float) -> int:
     return min(max(1, round(batch_size * fraction)), batch_size - 1)
 
 
-def encode_replay(target: TrainingTarget, tokenizer) -> list[EncodedExample]:
-    """The target's replay pool as token rows (text lines cut to ``max_length``)."""
+def encode_replay(target: TrainingTarget, tokenizer, replies: Sequence[str] = ()) -> list[EncodedExample]:
+    """The target's replay pool as token rows (text lines cut to ``max_length``; replay
+    prompts paired with ``replies``, the base's answers to them)."""
     max_length = target.settings.max_length
+    if target.replay.prompts:
+        pairs = [
+            LocatedExample(Example(context=p, response=r), f"replay prompt {i + 1} ({REPLAY_PROMPTS_FILE})")
+            for i, (p, r) in enumerate(zip(target.replay.prompts, replies, strict=True)) if r
+        ]
+        return encode_examples(tokenizer, pairs, max_length=max_length)
     if target.replay.text:
         encoded = [encode_text(tokenizer, line, max_length=max_length) for line in target.replay.text]
         return [ex for ex in encoded if ex is not None]
@@ -129,7 +137,7 @@ class BatchStream:
         return batch if device is None else to_device(batch, device)
 
 
-def batch_stream(target: TrainingTarget, tokenizer) -> BatchStream:
+def batch_stream(target: TrainingTarget, tokenizer, replies: Sequence[str] = ()) -> BatchStream:
     """The target's examples and replay pool, tokenised, as a :class:`BatchStream`.
 
     A too-long example is a :class:`UserError` naming its file, node and index.
@@ -138,7 +146,7 @@ def batch_stream(target: TrainingTarget, tokenizer) -> BatchStream:
     examples = encode_examples(tokenizer, target.examples, max_length=settings.max_length)
     if not examples:
         raise UserError(f"{target.node_file}: node '{target.node_id}' has no training examples")
-    replay = encode_replay(target, tokenizer) if settings.replay.fraction > 0 else []
+    replay = encode_replay(target, tokenizer, replies) if settings.replay.fraction > 0 else []
     n_replay = replay_count(settings.batch_size, settings.replay.fraction) if replay else 0
     return BatchStream(examples, replay, settings.batch_size - n_replay, n_replay, pad_id(tokenizer), settings.seed)
 
@@ -263,6 +271,16 @@ def run_steps(
 # --------------------------------------------------------------------------- one node
 
 
+def _base_replies(model, tokenizer, target: TrainingTarget, base: ResolvedBase) -> list[str]:
+    """The base's answers to the target's replay prompts (none unless ``replay.source: base_replies``)."""
+    if not target.replay.prompts or target.settings.replay.fraction <= 0:
+        return []
+    from traitgraph.compiler.base_replies import base_replies
+
+    return base_replies(model, tokenizer, target.replay.prompts, fingerprint=base.fingerprint,
+                        max_new_tokens=BASE_REPLY_TOKENS)
+
+
 def _check_parents(target: TrainingTarget, parent_vectors: Sequence[Path]) -> None:
     deps = target.parent_ids
     if len(parent_vectors) != len(deps):
@@ -341,11 +359,12 @@ def train_node(
     t0 = time.perf_counter()
     _check_parents(target, parent_vectors)
     model, tokenizer = load_model(base)
+    replies = _base_replies(model, tokenizer, target, base)  # before the parents: the base's own answers
     start = StartWeights(base, parent_vectors)
     apply_start(model, start)
     where = f"{target.node_file}: node '{target.node_id}'"
     named = select_trainable(trainable_parameters(model, start.names()), target.settings.trainable, where)
-    stream = batch_stream(target, tokenizer)
+    stream = batch_stream(target, tokenizer, replies)
     monitor = build_monitor(target, tokenizer)
     anchor = build_anchor(target, base, start, named)
     record = training_record(target.settings, base_parameters_of(base))  # device, precision, vector dtype

@@ -14,8 +14,6 @@ Drawn from an :class:`~traitgraph.evaluate.report.EvalReport` alone (so
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from traitgraph.evaluate.behaviour_tests import group_label
 
 
@@ -110,35 +108,3 @@ def tests_section(report) -> list[str]:
             "",
         ]
     return out
-
-
-def plot_test_pass_rates(report, png: Path) -> Path | None:
-    """Pass rate per node (and the general prompts), base beside built, as a bar chart."""
-    if report.tests is None or not report.tests.built:
-        return None
-    from traitgraph.evaluate.plots import GREY, _pyplot, _save
-    from traitgraph.graph.draw import POSITIVE
-
-    rows = report.tests.rows()
-    plt = _pyplot()
-    from matplotlib.patches import Patch
-
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
-    width = 0.38
-    for i, (_, base, built) in enumerate(rows):
-        for x, (passed, total), colour in ((i - width / 2, base, GREY), (i + width / 2, built, POSITIVE)):
-            value = 100 * passed / total if total else 0.0
-            ax.bar(x, value, width, color=colour)
-            ax.annotate(f"{passed}/{total}", (x, value), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 2), textcoords="offset points")
-    handles = [Patch(color=GREY, label="base"), Patch(color=POSITIVE, label="built")]
-    floor = report.settings.min_test_pass_rate
-    if floor > 0:
-        handles.append(ax.axhline(100 * floor, color="black", ls=":", lw=1.2, label=f"gate {floor:.0%}"))
-    ax.set_xticks(range(len(rows)), [group_label(g) for g, _, _ in rows], rotation=20, ha="right")
-    ax.set_ylim(0, 115)
-    ax.set_ylabel("tests passed (%)")
-    ax.set_title("Behaviour tests passed per node: base vs built")
-    ax.legend(handles=handles, fontsize=8, frameon=False, loc="upper right", ncol=3)
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, png)

@@ -47,7 +47,7 @@ def check_gates(
             )
         )
     if retention.prompts:  # forgetting that the loss hides: facts the base knew
-        from traitgraph.evaluate.honest import prompts_gate_message
+        from traitgraph.evaluate.kept_words import prompts_gate_message
 
         lost, allowed = len(retention.lost), settings.max_general_prompts_lost
         gates.append(Gate(name="prompts", passed=lost <= allowed, message=prompts_gate_message(retention, allowed)))

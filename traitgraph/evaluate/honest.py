@@ -10,8 +10,8 @@ to this node, :func:`traitgraph.linker.merging.own_trim.own_trim`), and the
     kept_by_merge = g_linked / g_trimmed    what combining with the others kept (conflict loss)
 
 A ratio is undefined (``None``) when its denominator is not positive.
-:func:`headline` turns a report into the first lines of ``report.md``: the
-mean kept, and what was lost, in words.
+:mod:`traitgraph.evaluate.kept_words` turns a report into the first lines of
+``report.md``: the mean kept, and what was lost, in words.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch and the linker load only when scoring (up-to-date checks stay fast)
     import torch
@@ -78,7 +78,10 @@ def score_trimmed(model, tokenizer, spec, order: list[str], vectors: dict[str, P
 
     Remembered (like the *alone* scores) under the vector's hash, its weight and the merge settings.
     """
-    from traitgraph.evaluate.run import ModelScorer, ScoreMemo, _canonical, _case_item
+    from traitgraph.evaluate.inputs import canonical as _canonical
+    from traitgraph.evaluate.memo import ScoreMemo
+    from traitgraph.evaluate.scorer import ModelScorer
+    from traitgraph.evaluate.scorer import case_item as _case_item
     from traitgraph.linker.merging import MergeOptions
 
     by_id = {n.id: n for n in lock.nodes}
@@ -109,7 +112,8 @@ def _all_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def with_trimmed(node, trimmed_cases: Sequence | None):
     """``node`` (a NodeResult) with its trimmed score, gain and the two kept ratios filled in."""
-    from traitgraph.evaluate.run import _measure, _model_score
+    from traitgraph.evaluate.results import _measure
+    from traitgraph.evaluate.results import model_score as _model_score
 
     if trimmed_cases is None or node.measure == "none" or node.base is None:
         return node
@@ -122,89 +126,3 @@ def with_trimmed(node, trimmed_cases: Sequence | None):
         "kept_by_trim": ratio(directed["trimmed"], directed["alone"]),
         "kept_by_merge": ratio(directed["linked"], directed["trimmed"]),
     })
-
-
-def mean_kept(nodes: Sequence) -> float | None:
-    """The mean of the nodes' ``kept`` (over those where it is defined)."""
-    values = [n.kept for n in nodes if n.kept is not None]
-    return sum(values) / len(values) if values else None
-
-
-def headline(report) -> list[str]:
-    """The first lines of report.md: mean kept, the trim and merge shares, and what was lost, in words."""
-    lines = []
-    kept = mean_kept(report.nodes)
-    if kept is None:
-        lines.append("**Kept**: not measured (no node moved as intended on its own).")
-    else:
-        per_node = ", ".join(f"{n.id} {n.kept:.2f}" for n in report.nodes if n.kept is not None)
-        lines.append(f"**Mean kept: {kept:.2f}** of each node's own effect survives the merge ({per_node}).")
-    trims = [n.kept_by_trim for n in report.nodes if getattr(n, "kept_by_trim", None) is not None]
-    merges = [n.kept_by_merge for n in report.nodes if getattr(n, "kept_by_merge", None) is not None]
-    if trims and merges:
-        lines.append(f"Its own trim keeps {sum(trims) / len(trims):.2f} of a node's effect on average; combining "
-                     f"with the other nodes keeps {sum(merges) / len(merges):.2f} of what the trim left.")
-    joint = [n.kept_of_joint for n in report.nodes if getattr(n, "kept_of_joint", None) is not None]
-    if joint:
-        lines.append(f"Against the joint reference (one model trained on every positive node's examples), the build "
-                     f"keeps {sum(joint) / len(joint):.2f} of its gain on average.")
-    lines.append(lost_in_words(report.retention))
-    return lines
-
-
-def kept_table(report) -> list[str]:
-    """Per node: directed gains alone, trimmed and linked, and the three kept ratios (markdown)."""
-    rows = [n for n in report.nodes if n.measure != "none"]
-    if not rows:
-        return []
-    lines = ["| node | gain alone | gain trimmed | gain linked | kept by trim | kept by merge | kept |",
-             "|---|---|---|---|---|---|---|"]
-
-    def cell(v, fmt):
-        return "–" if v is None else format(v, fmt)
-
-    for n in rows:
-        directed = [None if g is None else n.direction * g for g in (n.gain_alone, n.gain_trimmed, n.gain_linked)]
-        lines.append(f"| {n.id} | " + " | ".join(cell(g, "+.2f") for g in directed) + " | "
-                     + " | ".join(cell(k, ".2f") for k in (n.kept_by_trim, n.kept_by_merge, n.kept)) + " |")
-    return lines
-
-
-def prompts_gate_message(retention, allowed: int) -> str:
-    """The general-prompts gate's message, naming the first prompts lost.
-
-    >>> from types import SimpleNamespace as R
-    >>> prompts_gate_message(R(lost=[R(prompt="Capital of France?", answer="Paris")]), 0)
-    'retention: lost 1 general prompt(s) the base answers > budget 0 (Capital of France? -> Paris)'
-    """
-    lost = retention.lost
-    named = ", ".join(f"{p.prompt} -> {p.answer}" for p in lost[:3]) + (", ..." if len(lost) > 3 else "")
-    verdict = "<=" if len(lost) <= allowed else ">"
-    return f"retention: lost {len(lost)} general prompt(s) the base answers {verdict} budget {allowed}" + (
-        f" ({named})" if lost else "")
-
-
-def lost_in_words(retention) -> str:
-    """What the build forgot, as a sentence."""
-    answered = sum(p.base_ok for p in retention.prompts)
-    lost = retention.lost
-    change = retention.change_pct
-    text = f"General-text loss {'rose' if change >= 0 else 'fell'} {abs(change):.2f}%"
-    if not lost:
-        return f"**Lost: nothing.** The build still answers all {answered} general prompts the base answers; {text[0].lower() + text[1:]}."
-    items = "; ".join(f"\"{p.prompt}\" (expected {p.answer})" for p in lost[:5]) + ("; ..." if len(lost) > 5 else "")
-    return f"**Lost: {len(lost)} of {answered} general prompts** the base answers: {items}. {text}."
-
-
-__all__: list[Any] = [
-    "headline",
-    "kept_table",
-    "lost_in_words",
-    "mean_kept",
-    "prompts_gate_message",
-    "ratio",
-    "score_trimmed",
-    "tensors_applied",
-    "trimmed_vector",
-    "with_trimmed",
-]

@@ -70,7 +70,9 @@ def joint_vector(spec: Spec, cache, base) -> tuple[Path, str] | None:
 def score_joint(model, tokenizer, spec: Spec, order: list[str], vector: tuple[Path, str], memo_dir: Path,
                 fingerprint: str) -> dict[str, list]:
     """Every node's eval-case scores under base + τ_joint (remembered under τ_joint's hash)."""
-    from traitgraph.evaluate.run import ModelScorer, ScoreMemo, _case_item
+    from traitgraph.evaluate.memo import ScoreMemo
+    from traitgraph.evaluate.scorer import ModelScorer
+    from traitgraph.evaluate.scorer import case_item as _case_item
     from traitgraph.evaluate.scores import vectors_applied
 
     path, sha = vector
@@ -99,7 +101,8 @@ def joint_reference_cases(plan, model, tokenizer, order: list[str], memo_dir: Pa
 def with_joint(node, joint_cases):
     """``node`` (a NodeResult) with its gain under the joint reference and ``kept_of_joint``."""
     from traitgraph.evaluate.honest import ratio
-    from traitgraph.evaluate.run import _measure, _model_score
+    from traitgraph.evaluate.results import _measure
+    from traitgraph.evaluate.results import model_score as _model_score
 
     if joint_cases is None or node.measure == "none" or node.base is None:
         return node

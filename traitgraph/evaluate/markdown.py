@@ -89,7 +89,7 @@ def _header(report: EvalReport) -> list[str]:
         f"({report.threads} thread{'s' if report.threads != 1 else ''}).",
         "",
     ]
-    from traitgraph.evaluate.honest import headline, kept_table
+    from traitgraph.evaluate.kept_words import headline, kept_table
 
     out += [*headline(report), "", *kept_table(report), ""]
     out += [f"- note: {n}" for n in report.notes]

@@ -38,7 +38,7 @@ from typing import Any
 
 from traitgraph.graph.device_policy import base_parameters, training_record
 from traitgraph.graph.load import Spec
-from traitgraph.graph.replay import GENERAL_REPLAY_FILE, replay_nodes
+from traitgraph.graph.replay import BASE_REPLY_TOKENS, GENERAL_REPLAY_FILE, REPLAY_PROMPTS_FILE, replay_nodes
 from traitgraph.graph.schema import TrainingSettings
 from traitgraph.versions import TRAINER_VERSION
 
@@ -74,6 +74,8 @@ def settings_payload(settings: TrainingSettings) -> dict[str, Any]:
 def _replay_payload(spec: Spec, node_id: str, settings: TrainingSettings) -> dict[str, Any]:
     if settings.replay.source == "general":
         return {"replay_text": shipped_file_hash(GENERAL_REPLAY_FILE)}
+    if settings.replay.source == "base_replies":  # the replies are the base's: its fingerprint is hashed already
+        return {"base_replies": shipped_file_hash(REPLAY_PROMPTS_FILE), "reply_tokens": BASE_REPLY_TOKENS}
     return {
         "other_nodes": {
             other: sha256_hex(canonical_json(_examples_payload(spec, other))) for other in replay_nodes(spec, node_id)

@@ -9,6 +9,11 @@
                 never trains on the text that measures forgetting
                 When ``training.monitor`` is on, its general-text probe
                 lines are taken out of the replay pool.
+``base_replies`` the shipped replay prompts (``traitgraph/data/replay_prompts.txt``,
+                ordinary questions and requests, disjoint from the retention
+                prompts), each answered by the *base* model itself, greedily,
+                when the node trains (cached per base): the node learns its
+                behaviour while ordinary requests keep the base's own answers
 ``other_nodes`` the training examples of every other node with a *positive*
                 weight, by id. A node with a negative weight is one the user
                 wants removed; replaying its examples as targets would train
@@ -30,6 +35,10 @@ from traitgraph.graph.schema import Example, TrainingSettings
 
 #: The shipped replay corpus used by ``replay.source: general`` (not the retention set).
 GENERAL_REPLAY_FILE = "replay_text.txt"
+#: The shipped prompts the base answers for ``replay.source: base_replies`` (not the retention prompts).
+REPLAY_PROMPTS_FILE = "replay_prompts.txt"
+#: New tokens the base may use for each replay reply (a cut-off reply is trimmed to its last full sentence).
+BASE_REPLY_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -43,13 +52,15 @@ class LocatedExample:
 
 @dataclass(frozen=True)
 class ReplayPool:
-    """The rows a node replays: plain text lines or other nodes' examples (one kind)."""
+    """The rows a node replays: plain text lines, other nodes' examples, or prompts
+    the base answers when training starts (one kind)."""
 
     text: tuple[str, ...] = ()
     examples: tuple[LocatedExample, ...] = ()
+    prompts: tuple[str, ...] = ()
 
     def __len__(self) -> int:
-        return len(self.text) + len(self.examples)
+        return len(self.text) + len(self.examples) + len(self.prompts)
 
 
 def shipped_text(name: str) -> tuple[str, ...]:
@@ -138,6 +149,8 @@ def replay_pool(spec, node_id: str, settings: TrainingSettings) -> ReplayPool:
         return ReplayPool()
     if settings.replay.source == "general":
         pool = ReplayPool(text=general_replay_text(settings))
+    elif settings.replay.source == "base_replies":
+        pool = ReplayPool(prompts=shipped_text(REPLAY_PROMPTS_FILE))
     else:
         pool = ReplayPool(
             examples=tuple(ex for other in replay_nodes(spec, node_id) for ex in located_examples(spec.nodes[other]))

@@ -212,9 +212,9 @@ class ReplaySettings(Strict):
     fraction: float = Field(
         default=0.0, ge=0.0, lt=1.0, description="Share of each batch drawn from the replay source."
     )
-    source: Literal["general", "other_nodes"] = Field(
+    source: Literal["general", "other_nodes", "base_replies"] = Field(
         default="general",
-        description="`general`: the shipped replay corpus (disjoint from the retention text); `other_nodes`: examples of the other nodes with a positive weight.",
+        description="`general`: the shipped replay corpus (disjoint from the retention text); `other_nodes`: examples of the other nodes with a positive weight; `base_replies`: the shipped replay prompts answered by the base model itself (greedy), so ordinary requests keep their ordinary answers.",
     )
 
 
