@@ -187,8 +187,8 @@ def test_help_lists_the_commands():
     assert result.returncode == 0
     listed = re.findall(r"^    (\S+)\s+\S", result.stdout, re.M)  # argparse's command rows, in order
     assert listed == [
-        "check", "graph", "train", "build", "status", "link", "merge", "interference", "cache", "eval", "report",
-        "chat",
+        "check", "graph", "train", "dream", "build", "status", "link", "consolidate", "merge", "interference",
+        "cache", "eval", "test", "report", "sweep", "chat", "init", "new", "schema", "export", "verify",
     ], result.stdout
 
 

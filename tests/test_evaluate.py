@@ -282,7 +282,7 @@ def test_failed_gates_exit_2_naming_what_fell_short_after_writing_the_report(bui
     capsys.readouterr()
     assert main(["eval", str(strict), "-o", str(copy), "--threads", "1"]) == 2
     err = capsys.readouterr().err
-    assert "failed 2 of 3 gates" in err
+    assert "failed 2 of 4 gates" in err  # retention, pirate; the general-prompts gate and no other pass
     assert "retention: general-text loss rose" in err and "> budget 5.0%" in err
     assert "node 'pirate': directed gain -" in err and "< -10.00" in err  # overshot: the margin collapsed
     report = read_report(copy / REPORT_JSON)  # written before the gates failed

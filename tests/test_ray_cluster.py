@@ -87,10 +87,11 @@ def _build(specs: Path, out: Path, cache: Path, monkeypatch, *args: str) -> tupl
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
-    """The lock file and every checkpoint file, by relative path."""
+    """The lock file and every checkpoint file the lock records, by relative path (the model
+    card, ``README.md``, is written from the specs and the report: not a lock output)."""
     files = {"traitgraph.lock": (out / "traitgraph.lock").read_bytes()}
     for p in sorted((out / "checkpoint").rglob("*")):
-        if p.is_file():
+        if p.is_file() and p.name != "README.md":
             files[str(p.relative_to(out))] = p.read_bytes()
     return files
 
@@ -185,7 +186,7 @@ def test_worker_killed_mid_training_is_retried(ray_cluster, tiny_base_dir, tmp_p
     env = {**os.environ, "TRAITGRAPH_CACHE": str(cache), "PYTHONPATH": os.pathsep.join(sys.path)}
     build = subprocess.Popen(
         [sys.executable, "-m", "traitgraph", "build", str(specs), "-o", str(tmp_path / "out"),
-         "--ray", ray_cluster.address],
+         "--ray", ray_cluster.address, "--", "link"],  # training and the cache are the point here
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     killed = None
@@ -201,7 +202,7 @@ def test_worker_killed_mid_training_is_retried(ray_cluster, tiny_base_dir, tmp_p
     assert killed is not None, "the training task was never seen running:\n" + log[-3000:]
     assert build.returncode == 0, log[-3000:]
 
-    rc, ref_log = _build(specs, tmp_path / "local", tmp_path / "local-cache", monkeypatch)
+    rc, ref_log = _build(specs, tmp_path / "local", tmp_path / "local-cache", monkeypatch, "--", "link")
     assert rc == 0, ref_log[-3000:]
     assert _outputs(tmp_path / "out") == _outputs(tmp_path / "local")
 
@@ -212,8 +213,8 @@ def test_worker_killed_mid_training_is_retried(ray_cluster, tiny_base_dir, tmp_p
     assert [e.node_id for e in entries] == ["pirate"]
     for e in entries:
         vectors.verify(e.training_hash)  # raises on a corrupt entry
-    assert sorted(p.name for p in vectors.vectors.iterdir()) == sorted(
-        [f"{entries[0].training_hash}.safetensors", f"{entries[0].training_hash}.json"]
+    assert sorted(p.name for p in vectors.vectors.iterdir()) == sorted(  # no partial file left behind
+        [f"{entries[0].training_hash}.safetensors", f"{entries[0].training_hash}.json", ".writers.lock"]
     )
 
 

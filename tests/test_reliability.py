@@ -427,7 +427,7 @@ def test_8_a_nan_loss_is_called_nan_in_the_gate():
                           prompts=[])
     (gate,) = check_gates(EvalSettings(), [], retention)
     assert not gate.passed
-    assert gate.message == "retention: general-text loss is NaN, not a number (budget 10.0%)"
+    assert gate.message == "retention: general-text loss is NaN, not a number (budget 1.0%)"
     assert "nan%" not in gate.message
 
 
