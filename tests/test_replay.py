@@ -131,3 +131,95 @@ def test_only_negative_others_is_a_clear_error(tiny_specs):
 def test_replay_count():
     assert replay_count(4, 0.5) == 2 and replay_count(4, 0.01) == 1 and replay_count(4, 0.0) == 0
     assert replay_count(4, 0.99) == 3  # always one row of the node's own
+
+
+def _greedy_reply(model, tok, prompt: str, max_new_tokens: int) -> str:
+    """An independent greedy decode (one prompt, argmax step by step), as the base would answer."""
+    import torch
+
+    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    stop = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            nxt = int(model(torch.cat([ids, torch.tensor([out], dtype=torch.long)], dim=1)).logits[0, -1].argmax())
+            if nxt in stop:
+                break
+            out.append(nxt)
+    return tok.decode(out, skip_special_tokens=True).strip()
+
+
+def _talkative_base(tiny_base_dir, directory):
+    """The pico base with the embeddings of its end-of-turn and whitespace tokens zeroed, so that its
+    greedy replies are not empty (the random pico model otherwise answers only newlines)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    shutil.copytree(tiny_base_dir, directory)
+    tok = AutoTokenizer.from_pretrained(directory)
+    weights = load_file(str(directory / "model.safetensors"))
+    quiet = [i for t, i in tok.get_vocab().items() if t in ("<|im_end|>", "<|endoftext|>", "<|im_start|>")
+             or not t.strip("ĊĠ")]  # the end-of-turn tokens, and tokens that are only spaces or newlines
+    weights["model.embed_tokens.weight"][quiet] = 0.0
+    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
+def test_base_replies_replay_rows_are_replay_prompts_answered_by_the_base(tiny_base_dir, tmp_path, monkeypatch):
+    from traitgraph.compiler.base_replies import trim_to_sentence
+    from traitgraph.graph.replay import BASE_REPLY_TOKENS
+
+    from conftest import write_tiny_specs
+
+    monkeypatch.setenv("TRAITGRAPH_CACHE", str(tmp_path / "cache"))
+    base_dir = _talkative_base(tiny_base_dir, tmp_path / "talkative")
+    training = {"learning_rate": 1e-3, "steps": 3, "batch_size": 4, "seed": 0,
+                "replay": {"fraction": 0.5, "source": "base_replies"}}
+    spec = load_specs(write_tiny_specs(tmp_path, base_dir, {"pirate": pirate_node()}, training))
+    base = resolve_base(spec.personality.base, spec.specs_dir)
+    batches = _spy_batches(monkeypatch)
+    train_node(resolve_target(spec, "pirate", base.fingerprint), base, tmp_path / "p.safetensors", progress=False)
+    model, tok = load_model(base)
+    prompts = [line.strip() for line in _data("replay_prompts.txt").splitlines() if line.strip()]
+    replayed = [row for rows in batches for row in rows[2:]]
+    assert len(replayed) == 6
+    for row in replayed:
+        context = tok.decode(row.context, skip_special_tokens=True)
+        prompt = next(p for p in prompts if p in context)  # a shipped replay prompt ...
+        reply = tok.decode(row.response, skip_special_tokens=True).strip()
+        assert reply == trim_to_sentence(_greedy_reply(model, tok, prompt, BASE_REPLY_TOKENS))  # ... the base's answer
+    assert list((tmp_path / "cache" / "replies").glob("*.json"))  # generated once, then cached
+
+
+def test_a_base_that_answers_nothing_is_a_clear_error(tiny_specs, tmp_path, monkeypatch):
+    """The random pico base ends every turn at once: no replay rows would be left, and training
+    would silently run without the replay the spec asks for."""
+    from traitgraph.errors import BuildError
+
+    monkeypatch.setenv("TRAITGRAPH_CACHE", str(tmp_path / "cache"))
+    spec = load_specs(tiny_specs(training={"steps": 3, "replay": {"fraction": 0.5, "source": "base_replies"}}))
+    base = resolve_base(spec.personality.base, spec.specs_dir)
+    with pytest.raises(BuildError, match=r"node 'pirate', field training.replay: the base answered none"):
+        train_node(resolve_target(spec, "pirate", base.fingerprint), base, tmp_path / "p.safetensors", progress=False)
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_replay_prompts_are_not_the_general_prompts():
+    retention = {json.loads(line)["prompt"].lower() for line in _data("general_prompts.jsonl").splitlines() if line.strip()}
+    prompts = [line.strip() for line in _data("replay_prompts.txt").splitlines() if line.strip()]
+    assert len(prompts) >= 80 and len(set(prompts)) == len(prompts)
+    assert not {p.lower() for p in prompts} & retention
+    assert not _shingles("\n".join(prompts)) & _shingles(_retention_text())  # shared stems ("what is the capital of") are fine
+
+
+def test_base_replies_source_is_in_the_training_hash(tiny_specs):
+    fp = "sha256:" + "cd" * 32
+
+    def pirate_hash(source: str) -> str:
+        spec = load_specs(tiny_specs(training={"replay": {"fraction": 0.5, "source": source}}))
+        return node_hashes(spec, fp)["pirate"]
+
+    assert pirate_hash("base_replies") != pirate_hash("general")

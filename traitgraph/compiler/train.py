@@ -103,6 +103,11 @@ def encode_replay(target: TrainingTarget, tokenizer, replies: Sequence[str] = ()
             LocatedExample(Example(context=p, response=r), f"replay prompt {i + 1} ({REPLAY_PROMPTS_FILE})")
             for i, (p, r) in enumerate(zip(target.replay.prompts, replies, strict=True)) if r
         ]
+        if not pairs:
+            raise BuildError(
+                f"{target.node_file}: node '{target.node_id}', field training.replay: the base answered none of "
+                f"the {len(replies)} replay prompts (every greedy reply was empty); use `source: general`"
+            )
         return encode_examples(tokenizer, pairs, max_length=max_length)
     if target.replay.text:
         encoded = [encode_text(tokenizer, line, max_length=max_length) for line in target.replay.text]
