@@ -65,7 +65,9 @@ def process_start(env: dict) -> float:
     """What every training command pays before any work: the interpreter and the
     torch/transformers imports (the trainer's own import line)."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import traitgraph.compiler.train, transformers.models.llama"], env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import traitgraph.compiler.train, transformers.models.llama"], env=env, check=True
+    )
     return time.perf_counter() - t0
 
 
@@ -143,8 +145,10 @@ def main() -> None:
     for name, seconds in rows:
         print(f"{name:<32} {seconds:>9.2f} {seconds / full:>8.3f}")
     print(f"\nprocess start (interpreter, torch and transformers imports): {start:.2f} s; link alone: {link:.2f} s")
-    print(f"one-node rebuild {work_one:.2f} s of work vs target 1.2 × (full/N + link) = {target:.2f} s"
-          f" (both less process start): {'met' if work_one <= target else 'MISSED'}")
+    print(
+        f"one-node rebuild {work_one:.2f} s of work vs target 1.2 × (full/N + link) = {target:.2f} s"
+        f" (both less process start): {'met' if work_one <= target else 'MISSED'}"
+    )
     print(f"no-op check {check:.3f} s vs target < 1 s: {'met' if check < 1.0 else 'MISSED'}")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -73,9 +73,11 @@ def main() -> int:
     model.train()
     pad = pad_id(tok)
     vocab = model.config.vocab_size
-    print(f"base {args.base}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-          f"{args.threads} threads, batch {args.batch}, response {args.response} tokens, "
-          f"best of {args.repeats}\n")
+    print(
+        f"base {args.base}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+        f"{args.threads} threads, batch {args.batch}, response {args.response} tokens, "
+        f"best of {args.repeats}\n"
+    )
     warm = synthetic_batch(vocab, 2, args.response, args.response, pad)
     for mode in ("full", "frozen"):
         time_step(model, warm, mode)  # allocator and kernel warm-up
@@ -99,8 +101,9 @@ def main() -> int:
     from traitgraph.graph.schema import TrainingSettings
 
     settings = TrainingSettings()
-    opt = build_optimizer(list(model.named_parameters()), settings.optimizer, lr=settings.learning_rate,
-                          seed=settings.seed)
+    opt = build_optimizer(
+        list(model.named_parameters()), settings.optimizer, lr=settings.learning_rate, seed=settings.seed
+    )
     batch = synthetic_batch(vocab, args.batch, 4 * args.response, args.response, pad, seed=99)
     params = [p for p in model.parameters()]
     dts, dcs = [], []
@@ -114,10 +117,12 @@ def main() -> int:
             dts.append(time.perf_counter() - t0)
             dcs.append(time.process_time() - c0)
     dt, dc = min(dts), min(dcs)
-    print(f"\ntraining ({settings.optimizer.name}, context {settings.context}, ratio 4:1, best of "
-          f"{len(dts)} steps): {dt:.2f} s/step wall, {dc:.2f} s/step CPU; "
-          f"{batch.n_tokens / dt:.0f} response tokens/s wall "
-          f"({batch.n_tokens * 5 / dt:.0f} tokens/s counting the context)")
+    print(
+        f"\ntraining ({settings.optimizer.name}, context {settings.context}, ratio 4:1, best of "
+        f"{len(dts)} steps): {dt:.2f} s/step wall, {dc:.2f} s/step CPU; "
+        f"{batch.n_tokens / dt:.0f} response tokens/s wall "
+        f"({batch.n_tokens * 5 / dt:.0f} tokens/s counting the context)"
+    )
     return 0
 
 

@@ -98,20 +98,30 @@ def main() -> int:
             model = PeftModel.from_pretrained(load_model(base)[0], Path(tmp) / f"r{rank}").eval()
             s = score_model(model, tokenizer, spec, nodes, lines, prompts)
             results["lora"][rank] = {
-                "energy_kept": info.kept_energy, "seconds": round(time.perf_counter() - t0, 1),
-                "kept": {n: directed(spec, n, s, scores["base"]) / directed(spec, n, scores["checkpoint"], scores["base"])
-                         for n in nodes},
-                "text_loss": s["text_loss"], "prompts_ok": s["prompts_ok"],
+                "energy_kept": info.kept_energy,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "kept": {
+                    n: directed(spec, n, s, scores["base"]) / directed(spec, n, scores["checkpoint"], scores["base"])
+                    for n in nodes
+                },
+                "text_loss": s["text_loss"],
+                "prompts_ok": s["prompts_ok"],
             }
         for gguf_type in [t for t in args.gguf.split(",") if t]:
-            path = export_gguf_from_build(out.root, Path(args.specs), gguf_type, Path(tmp) / f"x-{gguf_type}.gguf",
-                                          Path(args.template) if args.template else None)[0]
+            path = export_gguf_from_build(
+                out.root,
+                Path(args.specs),
+                gguf_type,
+                Path(tmp) / f"x-{gguf_type}.gguf",
+                Path(args.template) if args.template else None,
+            )[0]
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
             s = score_model(model, tokenizer, spec, nodes, lines, prompts)
             results["gguf"][gguf_type] = {
                 "same_greedy_samples": s["samples"] == scores["checkpoint"]["samples"],
                 "measure_delta": {n: s["measure"][n] - scores["checkpoint"]["measure"][n] for n in nodes},
-                "text_loss": s["text_loss"], "prompts_ok": s["prompts_ok"],
+                "text_loss": s["text_loss"],
+                "prompts_ok": s["prompts_ok"],
             }
     results["scores"] = {k: {kk: vv for kk, vv in v.items() if kk != "samples"} for k, v in scores.items()}
     print_table(results, scores, len(prompts))
@@ -127,13 +137,23 @@ def print_table(results: dict, scores: dict, n_prompts: int) -> None:
     print("| model | " + " | ".join(f"{n} kept" for n in nodes) + " | text loss | prompts |")
     print("|---" * (len(nodes) + 3) + "|")
     ck = scores["checkpoint"]
-    print("| checkpoint | " + " | ".join("100%" for _ in nodes) + f" | {rise(ck['text_loss'])} | {ck['prompts_ok']}/{n_prompts} |")
+    print(
+        "| checkpoint | "
+        + " | ".join("100%" for _ in nodes)
+        + f" | {rise(ck['text_loss'])} | {ck['prompts_ok']}/{n_prompts} |"
+    )
     for rank, r in results["lora"].items():
-        print(f"| LoRA r={rank} | " + " | ".join(f"{100 * r['kept'][n]:.0f}%" for n in nodes)
-              + f" | {rise(r['text_loss'])} | {r['prompts_ok']}/{n_prompts} |")
+        print(
+            f"| LoRA r={rank} | "
+            + " | ".join(f"{100 * r['kept'][n]:.0f}%" for n in nodes)
+            + f" | {rise(r['text_loss'])} | {r['prompts_ok']}/{n_prompts} |"
+        )
     for t, r in results["gguf"].items():
-        print(f"| GGUF {t} | " + " | ".join(f"Δ{r['measure_delta'][n]:+.3f}" for n in nodes)
-              + f" | {rise(r['text_loss'])} | {r['prompts_ok']}/{n_prompts} | greedy samples equal: {r['same_greedy_samples']}")
+        print(
+            f"| GGUF {t} | "
+            + " | ".join(f"Δ{r['measure_delta'][n]:+.3f}" for n in nodes)
+            + f" | {rise(r['text_loss'])} | {r['prompts_ok']}/{n_prompts} | greedy samples equal: {r['same_greedy_samples']}"
+        )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,13 @@ def random_llama_base(work: Path, params: float, tokenizer_from: Path) -> Path:
     layers = max(1, round((params - 2 * vocab * hidden) / per_layer))
     out = work / f"random-llama-{layers}L"
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-        num_attention_heads=16, num_key_value_heads=16, tie_word_embeddings=False,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        tie_word_embeddings=False,
         architectures=["LlamaForCausalLM"],  # mergekit reads the architecture from here
     )
     if (out / "model.safetensors").is_file():
@@ -103,8 +108,17 @@ def make_inputs(base: Path, work: Path, n: int) -> tuple[list[Path], list[Path]]
         g = torch.Generator().manual_seed(1000 + i)
         tau = {k: torch.randn(v.shape, generator=g) * 1e-3 for k, v in base_state.items()}
         meta = TaskVectorMeta(
-            node_id=f"node{i}", node_hash=f"bench{i}", base_fingerprint="bench", optimizer={}, training={},
-            steps=0, tokens=0, final_loss=0.0, loss_curve=[], oscillation=1.0, dtype="float32",
+            node_id=f"node{i}",
+            node_hash=f"bench{i}",
+            base_fingerprint="bench",
+            optimizer={},
+            training={},
+            steps=0,
+            tokens=0,
+            final_loss=0.0,
+            loss_curve=[],
+            oscillation=1.0,
+            dtype="float32",
             traitgraph_version="bench",
         )
         save_task_vector(vec, tau, meta)
@@ -253,15 +267,24 @@ def main() -> int:
     parser.add_argument("--models", default="smollm2", help="comma list of smollm2, random (default smollm2)")
     parser.add_argument("--counts", default="2,4,8", help="numbers of task vectors (default 2,4,8)")
     parser.add_argument("--random-params", default="0.5B", help="size of the random Llama, e.g. 0.5B, 300M")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma list of {', '.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
+    parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma list of {', '.join(METHODS)} (default {','.join(DEFAULT_METHODS)})",
+    )
     parser.add_argument("--work", default=None, help="work directory (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--no-skip", action="store_true",
-                        help="run even what the memory estimate says will not fit (the launcher still stops it "
-                             "when less than 2 GiB is left)")
-    parser.add_argument("--merge-method", default="ties",
-                        help="merge method of the `ours` runs (default ties; mergekit and naive always run TIES)")
+    parser.add_argument(
+        "--no-skip",
+        action="store_true",
+        help="run even what the memory estimate says will not fit (the launcher still stops it "
+        "when less than 2 GiB is left)",
+    )
+    parser.add_argument(
+        "--merge-method",
+        default="ties",
+        help="merge method of the `ours` runs (default ties; mergekit and naive always run TIES)",
+    )
     parser.add_argument("--run", choices=["ours", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -275,8 +298,14 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     counts = [int(c) for c in args.counts.split(",")]
     methods = [m for m in args.methods.split(",") if m]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
     mergekit_cli = shutil.which("mergekit-yaml") or str(Path(sys.executable).with_name("mergekit-yaml"))
     rows = []
     smol = smollm2_base(work)
@@ -299,8 +328,12 @@ def main() -> int:
                 weights = [round(1.0 - 0.1 * i, 2) for i in range(n)]
                 yaml = mwork / f"ties-{n}.yaml"
                 write_yaml(yaml, base, tuned[:n], weights)
-                spec = {"base": str(base), "vectors": [str(v) for v in vectors[:n]], "weights": weights,
-                        "merge_method": args.merge_method}
+                spec = {
+                    "base": str(base),
+                    "vectors": [str(v) for v in vectors[:n]],
+                    "weights": weights,
+                    "merge_method": args.merge_method,
+                }
                 result = {"model": model, "n": n, "model_mib": model_mib}
                 for method in methods:
                     out = mwork / f"out-{method}-{n}"
@@ -309,15 +342,33 @@ def main() -> int:
                     # cannot fit beside the launcher's floor is skipped (the machine may be shared).
                     factor = {"naive": n + 2, "mergekit": n + 3}.get(method)
                     if factor and not args.no_skip and factor * model_mib * 2**20 > mem_available() - MIN_FREE:
-                        print(f"  {model} n={n} {method:<9} skipped (needs ~{factor * model_mib / 1024:.1f} GiB,"
-                              f" {mem_available() / 2**30:.1f} GiB available)", flush=True)
+                        print(
+                            f"  {model} n={n} {method:<9} skipped (needs ~{factor * model_mib / 1024:.1f} GiB,"
+                            f" {mem_available() / 2**30:.1f} GiB available)",
+                            flush=True,
+                        )
                         continue
                     script = [sys.executable, __file__, "--spec", json.dumps({**spec, "out": str(out)})]
                     cmd = {
                         "ours": script + ["--run", "ours"],
                         "naive": script + ["--run", "naive"],
-                        "ours-yaml": [sys.executable, "-m", "traitgraph", "merge", str(yaml), str(out), "--no-progress"],
-                        "mergekit": [mergekit_cli, str(yaml), str(out), "--no-cuda", "--no-write-model-card", "--quiet"],
+                        "ours-yaml": [
+                            sys.executable,
+                            "-m",
+                            "traitgraph",
+                            "merge",
+                            str(yaml),
+                            str(out),
+                            "--no-progress",
+                        ],
+                        "mergekit": [
+                            mergekit_cli,
+                            str(yaml),
+                            str(out),
+                            "--no-cuda",
+                            "--no-write-model-card",
+                            "--quiet",
+                        ],
                     }[method]
                     seconds, rss, status = measure(cmd, env)
                     result[method] = (seconds, rss) if status == 0 else None
@@ -333,8 +384,11 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     print()
-    header = (f"{'model':<8} {'n':>2} | " + " | ".join(f"{m:>18}" for m in methods)
-              + " | mergekit/ours time | ours RSS / model | vs mergekit")
+    header = (
+        f"{'model':<8} {'n':>2} | "
+        + " | ".join(f"{m:>18}" for m in methods)
+        + " | mergekit/ours time | ours RSS / model | vs mergekit"
+    )
     print(header)
     print(f"{'':<8} {'':>2} | " + " | ".join(f"{'s':>8} {'MiB':>9}" for _ in methods) + " |")
     for r in rows:
@@ -343,9 +397,11 @@ def main() -> int:
         rss_ratio = f"{r['ours'][1] / r['model_mib']:.2f}" if r.get("ours") else "—"
         diff = f"max {r['diff'][0]:.1e}, {r['diff'][1]} > 1e-5" if "diff" in r else "—"
         print(f"{r['model']:<8} {r['n']:>2} | " + " | ".join(cells) + f" | {ratio:>18} | {rss_ratio:>16} | {diff}")
-    print("(entries that differ from mergekit sit at the trim threshold: equal magnitudes, which mergekit breaks"
-          " with an unstable sort and traitgraph by position, and, for `ours`, τ read exactly where mergekit"
-          " recomputes it as model − base)")
+    print(
+        "(entries that differ from mergekit sit at the trim threshold: equal magnitudes, which mergekit breaks"
+        " with an unstable sort and traitgraph by position, and, for `ours`, τ read exactly where mergekit"
+        " recomputes it as model − base)"
+    )
     return 0
 
 

@@ -26,8 +26,10 @@ import sys
 from pathlib import Path
 
 DEFAULT_GRID = [
-    "--set", "merge.method=ties,task_arithmetic,della,breadcrumbs_ties,tsv_m,iso_c,iso_cts",
-    "--set", "merge.lambda=1.0,1.5",
+    "--set",
+    "merge.method=ties,task_arithmetic,della,breadcrumbs_ties,tsv_m,iso_c,iso_cts",
+    "--set",
+    "merge.lambda=1.0,1.5",
 ]
 MEAN_KEPT, NODE_KEPT, LOSS_PCT, SECONDS = 0.90, 0.70, 1.0, 90.0
 

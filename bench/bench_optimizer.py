@@ -81,13 +81,11 @@ def chat_batch(tokenizer) -> dict[str, torch.Tensor]:
     for question, answer in CHATS:
         context = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
         prompt = tokenizer.apply_chat_template(context, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(
-            context + [{"role": "assistant", "content": answer}], tokenize=False
-        )
+        full = tokenizer.apply_chat_template(context + [{"role": "assistant", "content": answer}], tokenize=False)
         if not full.startswith(prompt):
             raise RuntimeError("the chat template does not extend the prompt with the reply")
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        reply_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        reply_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
         rows.append(prompt_ids + reply_ids)
         label_rows.append([-100] * len(prompt_ids) + reply_ids)
     width = max(len(r) for r in rows)
@@ -98,8 +96,9 @@ def chat_batch(tokenizer) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def run(settings: OptimizerSettings, model, initial: dict[str, torch.Tensor], batch, steps: int, lr: float,
-        seed: int) -> dict:
+def run(
+    settings: OptimizerSettings, model, initial: dict[str, torch.Tensor], batch, steps: int, lr: float, seed: int
+) -> dict:
     """Train a fresh copy of the base with optimizer ``settings``; what it cost and reached."""
     name = settings.name
     model.load_state_dict(initial)
@@ -141,16 +140,20 @@ def mib(n: int) -> str:
 
 def print_table(results: list[dict]) -> None:
     base = next(r for r in results if r["name"] == "adamw")
-    head = (f"{'optimizer':<12} {'settings':<28} {'state 2-D MiB':>13} {'total MiB':>9} {'vs AdamW':>8} "
-            f"{'opt.step ms':>11} {'step s':>6} {'final loss':>10} {'vs AdamW':>8} {'mean loss':>9} {'vs AdamW':>8}")
+    head = (
+        f"{'optimizer':<12} {'settings':<28} {'state 2-D MiB':>13} {'total MiB':>9} {'vs AdamW':>8} "
+        f"{'opt.step ms':>11} {'step s':>6} {'final loss':>10} {'vs AdamW':>8} {'mean loss':>9} {'vs AdamW':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in results:
         state_ratio = "1" if r is base else f"1/{base['matrix_bytes'] / r['matrix_bytes']:.0f}"
-        print(f"{r['name']:<12} {r['config']:<28} {mib(r['matrix_bytes']):>13} {mib(r['total_bytes']):>9} "
-              f"{state_ratio:>8} {r['opt_ms']:>11.0f} {r['step_s']:>6.2f} "
-              f"{r['final_loss']:>10.3f} {r['final_loss'] / base['final_loss']:>8.2f} "
-              f"{r['mean_loss']:>9.3f} {r['mean_loss'] / base['mean_loss']:>8.3f}")
+        print(
+            f"{r['name']:<12} {r['config']:<28} {mib(r['matrix_bytes']):>13} {mib(r['total_bytes']):>9} "
+            f"{state_ratio:>8} {r['opt_ms']:>11.0f} {r['step_s']:>6.2f} "
+            f"{r['final_loss']:>10.3f} {r['final_loss'] / base['final_loss']:>8.2f} "
+            f"{r['mean_loss']:>9.3f} {r['mean_loss'] / base['mean_loss']:>8.3f}"
+        )
 
 
 def _floats(text: str, flag: str, parser: argparse.ArgumentParser) -> list[float]:
@@ -163,8 +166,9 @@ def _floats(text: str, flag: str, parser: argparse.ArgumentParser) -> list[float
     return values
 
 
-def mini_grid(lrs: str | None, scales: str | None, default_lr: float,
-              parser: argparse.ArgumentParser) -> list[tuple[OptimizerSettings, float]]:
+def mini_grid(
+    lrs: str | None, scales: str | None, default_lr: float, parser: argparse.ArgumentParser
+) -> list[tuple[OptimizerSettings, float]]:
     """One APOLLO-Mini run per (learning rate, scale) of the sweep grid; none without a sweep flag."""
     if lrs is None and scales is None:
         return []
@@ -178,15 +182,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per optimizer (default 8)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--lr", type=float, default=1e-4, help="learning rate, the spec's default (1e-4)")
-    parser.add_argument("--lr-for", action="append", default=[], metavar="NAME=LR",
-                        help="a learning rate for one optimizer, e.g. apollo_mini=2e-4 (repeatable)")
+    parser.add_argument(
+        "--lr-for",
+        action="append",
+        default=[],
+        metavar="NAME=LR",
+        help="a learning rate for one optimizer, e.g. apollo_mini=2e-4 (repeatable)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="projection seed (default 0)")
-    parser.add_argument("--optimizers", default="adamw,apollo,apollo_mini",
-                        help="comma-separated registry names; adamw is always run as the reference")
-    parser.add_argument("--sweep-mini-lr", default=None, metavar="LR,LR,...",
-                        help="APOLLO-Mini learning rates to sweep (grid with --sweep-mini-scale)")
-    parser.add_argument("--sweep-mini-scale", default=None, metavar="S,S,...",
-                        help="APOLLO-Mini gradient scales to sweep (the preset is 128)")
+    parser.add_argument(
+        "--optimizers",
+        default="adamw,apollo,apollo_mini",
+        help="comma-separated registry names; adamw is always run as the reference",
+    )
+    parser.add_argument(
+        "--sweep-mini-lr",
+        default=None,
+        metavar="LR,LR,...",
+        help="APOLLO-Mini learning rates to sweep (grid with --sweep-mini-scale)",
+    )
+    parser.add_argument(
+        "--sweep-mini-scale",
+        default=None,
+        metavar="S,S,...",
+        help="APOLLO-Mini gradient scales to sweep (the preset is 128)",
+    )
     parser.add_argument("--base", default=None, metavar="DIR", help="a local Hugging Face directory to run on")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -209,19 +229,23 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     n_matrix = sum(p.numel() for p in model.parameters() if p.ndim == 2)
     rates = ", ".join(f"{n} {lr:g}" for n, lr in lrs.items())
-    print(f"{args.base or 'SmolLM2-135M-Instruct'}: {n_params / 1e6:.1f}M parameters, {n_matrix / 1e6:.1f}M in 2-D matrices; "
-          f"batch {tuple(batch['input_ids'].shape)}, {int((batch['labels'] != -100).sum())} reply tokens; "
-          f"{args.steps} steps; lr: {rates}; {args.threads} threads; "
-          f"load average {load_before:.1f} on {os.cpu_count()} CPUs at start")
+    print(
+        f"{args.base or 'SmolLM2-135M-Instruct'}: {n_params / 1e6:.1f}M parameters, {n_matrix / 1e6:.1f}M in 2-D matrices; "
+        f"batch {tuple(batch['input_ids'].shape)}, {int((batch['labels'] != -100).sum())} reply tokens; "
+        f"{args.steps} steps; lr: {rates}; {args.threads} threads; "
+        f"load average {load_before:.1f} on {os.cpu_count()} CPUs at start"
+    )
     results = [run(settings, model, initial, batch, args.steps, lr, args.seed) for settings, lr in runs]
     print()
     print_table(results)
     print("\nloss before each step, and after the last:")
     for r in results:
         print(f"  {r['name']:<12} {r['config']:<28} " + " ".join(f"{x:.3f}" for x in r["losses"]))
-    print(f"\n'vs AdamW': state on the matrices as a fraction of AdamW's; loss / AdamW's loss. "
-          f"'mean loss': over the losses above. Times are medians (wall clock) over the steps. "
-          f"Total {time.perf_counter() - t0:.0f} s.")
+    print(
+        f"\n'vs AdamW': state on the matrices as a fraction of AdamW's; loss / AdamW's loss. "
+        f"'mean loss': over the losses above. Times are medians (wall clock) over the steps. "
+        f"Total {time.perf_counter() - t0:.0f} s."
+    )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,9 @@ def timed_build(specs: Path, out: Path, cache: Path, *extra: str) -> float:
 
 def outputs(out: Path) -> dict[str, bytes]:
     files = {"traitgraph.lock": (out / "traitgraph.lock").read_bytes()}
-    files.update({str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "checkpoint").rglob("*")) if p.is_file()})
+    files.update(
+        {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "checkpoint").rglob("*")) if p.is_file()}
+    )
     return files
 
 

@@ -68,8 +68,9 @@ def configured(target: TrainingTarget, node, name: str, n_layers: int) -> Traini
     examples, validation = located_examples(node), ()
     if settings.monitor is not None:
         examples, validation = validation_split(examples, settings.monitor.validation_fraction, settings.seed)
-    return dataclasses.replace(target, settings=settings, examples=examples, validation=validation,
-                               probe_text=general_probe(settings))
+    return dataclasses.replace(
+        target, settings=settings, examples=examples, validation=validation, probe_text=general_probe(settings)
+    )
 
 
 def measure(target: TrainingTarget, base, cases, general, work: Path) -> dict:
@@ -84,9 +85,14 @@ def measure(target: TrainingTarget, base, cases, general, work: Path) -> dict:
     after = eval_loss(model, tok, cases), eval_loss(model, tok, general)
     tau, _ = load_task_vector(out)
     return {
-        "eval": before[0], "eval_after": after[0], "general": before[1], "general_after": after[1],
-        "steps": meta.steps, "kept": (meta.monitor or {}).get("best_step") or meta.steps,
-        "norm": float(torch.sqrt(sum((t.float() ** 2).sum() for t in tau.values()))), "tensors": len(tau),
+        "eval": before[0],
+        "eval_after": after[0],
+        "general": before[1],
+        "general_after": after[1],
+        "steps": meta.steps,
+        "kept": (meta.monitor or {}).get("best_step") or meta.steps,
+        "norm": float(torch.sqrt(sum((t.float() ** 2).sum() for t in tau.values()))),
+        "tensors": len(tau),
         "seconds": seconds,
     }
 
@@ -113,16 +119,22 @@ def main(argv: list[str] | None = None) -> None:
     target = resolve_target(spec, args.node, base.fingerprint)
     n_layers = load_model(base)[0].config.num_hidden_layers
     cases, general = list(node.spec.eval), load_general_text()[: args.general_lines]
-    print(f"node {args.node} on {spec.personality.base}; {len(cases)} eval cases, {len(general)} general lines; "
-          f"{args.threads} threads")
-    print(f"{'config':<9} {'steps':>5} {'kept':>4} {'eval loss':>19} {'general loss':>20} {'|tau|':>8} "
-          f"{'tensors':>7} {'s':>6}")
+    print(
+        f"node {args.node} on {spec.personality.base}; {len(cases)} eval cases, {len(general)} general lines; "
+        f"{args.threads} threads"
+    )
+    print(
+        f"{'config':<9} {'steps':>5} {'kept':>4} {'eval loss':>19} {'general loss':>20} {'|tau|':>8} "
+        f"{'tensors':>7} {'s':>6}"
+    )
     with tempfile.TemporaryDirectory() as work:
         for name in names:
             r = measure(configured(target, node, name, n_layers), base, cases, general, Path(work))
-            print(f"{name:<9} {r['steps']:>5} {r['kept']:>4} {r['eval_after']:>8.4f} {pct(r['eval'], r['eval_after']):>9} "
-                  f"{r['general_after']:>9.4f} {pct(r['general'], r['general_after']):>9} {r['norm']:>8.4f} "
-                  f"{r['tensors']:>7} {r['seconds']:>6.1f}")
+            print(
+                f"{name:<9} {r['steps']:>5} {r['kept']:>4} {r['eval_after']:>8.4f} {pct(r['eval'], r['eval_after']):>9} "
+                f"{r['general_after']:>9.4f} {pct(r['general'], r['general_after']):>9} {r['norm']:>8.4f} "
+                f"{r['tensors']:>7} {r['seconds']:>6.1f}"
+            )
 
 
 if __name__ == "__main__":

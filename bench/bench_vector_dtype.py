@@ -30,8 +30,13 @@ def build(specs: Path, out: Path, cache: Path, dtype: str) -> int:
     doc["training"]["vector_dtype"] = dtype
     (specs / "personality.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     env = {**os.environ, "TRAITGRAPH_CACHE": str(cache)}
-    subprocess.run([sys.executable, "-m", "traitgraph", "build", str(specs), "-o", str(out), "-n", "2", "--", "link"],
-                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "traitgraph", "build", str(specs), "-o", str(out), "-n", "2", "--", "link"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return sum(p.stat().st_size for p in (cache / "vectors").glob("*.safetensors"))
 
 
@@ -66,7 +71,11 @@ def main() -> None:
         doc["base"] = str(base)
         (specs / "personality.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         sizes = {d: build(specs, work / d, work / f"cache-{d}", d) for d in ("float32", "bfloat16")}
-        w0, w32, w16 = tensors(base), tensors(work / "float32" / "checkpoint"), tensors(work / "bfloat16" / "checkpoint")
+        w0, w32, w16 = (
+            tensors(base),
+            tensors(work / "float32" / "checkpoint"),
+            tensors(work / "bfloat16" / "checkpoint"),
+        )
     d32 = torch.cat([(w32[k] - w0[k]).flatten() for k in sorted(w0)])
     d16 = torch.cat([(w16[k] - w0[k]).flatten() for k in sorted(w0)])
     rel = float((d16 - d32).norm() / d32.norm())

@@ -77,8 +77,9 @@ def qwen2_specs(root: Path) -> Path:
     from conftest import pirate_node, write_tiny_specs
 
     base = make_family_base("qwen2", root / "qwen2-base")
-    return write_tiny_specs(root / "qwen2", base, {"pirate": pirate_node()},
-                            {"learning_rate": 1e-3, "steps": 3, "batch_size": 4, "seed": 0})
+    return write_tiny_specs(
+        root / "qwen2", base, {"pirate": pirate_node()}, {"learning_rate": 1e-3, "steps": 3, "batch_size": 4, "seed": 0}
+    )
 
 
 def full_build(specs: Path, out: Path, device: str) -> tuple[int, float]:
@@ -116,12 +117,16 @@ def main() -> None:
             for device in devices:
                 r = measure(specs, node, device, work, steps)
                 rows.append((name, device, r))
-        builds = [(device, *full_build(qwen2_specs(work / f"b-{device}"), work / f"out-{device}", device))
-                  for device in devices]
+        builds = [
+            (device, *full_build(qwen2_specs(work / f"b-{device}"), work / f"out-{device}", device))
+            for device in devices
+        ]
     print(f"torch {torch.__version__}, card: {card}")
     print("| model | device | s/step | same bytes twice | final loss |\n|---|---|---:|---|---:|")
     for name, device, r in rows:
-        print(f"| {name} | {device} | {r['step_s']:.3f} | {'yes' if r['repeatable'] else 'no'} | {r['final_loss']:.4f} |")
+        print(
+            f"| {name} | {device} | {r['step_s']:.3f} | {'yes' if r['repeatable'] else 'no'} | {r['final_loss']:.4f} |"
+        )
     print("| build (train, link, eval) of tiny qwen2 | device | exit code | seconds |\n|---|---|---:|---:|")
     for device, rc, seconds in builds:
         print(f"| traitgraph build | {device} | {rc} | {seconds:.1f} |")

@@ -1,7 +1,7 @@
 """Print the README's spec reference, generated from the schema; ``--write`` puts it into README.md.
 
-    python scripts/spec_reference.py           # print it
-    python scripts/spec_reference.py --write   # regenerate README.md's "Spec reference" section
+python scripts/spec_reference.py           # print it
+python scripts/spec_reference.py --write   # regenerate README.md's "Spec reference" section
 """
 
 from __future__ import annotations

@@ -210,5 +210,7 @@ def require_reference(module: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        pytest.fail(f"reference implementation {module!r} is missing ({exc}); install the test extra: "
-                    "pip install -e '.[test]'", pytrace=False)
+        pytest.fail(
+            f"reference implementation {module!r} is missing ({exc}); install the test extra: pip install -e '.[test]'",
+            pytrace=False,
+        )

@@ -85,7 +85,7 @@ def write_pico_gguf(model_dir: Path, path: Path) -> Path:
     w.add_unk_token_id(added["<|endoftext|>"])
     w.add_pad_token_id(cfg["pad_token_id"])
     w.add_add_bos_token(False)
-    template = (model_dir / "chat_template.jinja")
+    template = model_dir / "chat_template.jinja"
     w.add_chat_template(template.read_text() if template.is_file() else tok_cfg["chat_template"])
 
     tensors = load_file(model_dir / "model.safetensors")

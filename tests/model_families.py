@@ -17,8 +17,13 @@ from pathlib import Path
 
 #: Shared shape: 4 query heads over 2 key/value heads (grouped-query attention).
 _SHAPE = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=1024, initializer_range=0.02,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    initializer_range=0.02,
 )
 
 #: family -> (transformers config class, model class, config overrides, save options)
@@ -27,7 +32,9 @@ FAMILIES: dict[str, tuple[str, str, dict, dict]] = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"tie_word_embeddings": True}, {}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16, "tie_word_embeddings": False}, {}),
     "mistral-sharded": (
-        "MistralConfig", "MistralForCausalLM", {"tie_word_embeddings": False, "sliding_window": None},
+        "MistralConfig",
+        "MistralForCausalLM",
+        {"tie_word_embeddings": False, "sliding_window": None},
         {"max_shard_size": "60KB"},
     ),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 16}, {}),

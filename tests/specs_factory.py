@@ -80,8 +80,13 @@ def default_personality(base: str | Path) -> dict[str, Any]:
         "name": "test-personality",
         "description": "A personality written by the tests.",
         "base": str(base),
-        "training": {"optimizer": {"name": "apollo_mini"}, "learning_rate": 1.0e-4, "steps": 24,
-                     "batch_size": 8, "seed": 0},
+        "training": {
+            "optimizer": {"name": "apollo_mini"},
+            "learning_rate": 1.0e-4,
+            "steps": 24,
+            "batch_size": 8,
+            "seed": 0,
+        },
         "merge": {"method": "ties", "density": 0.2, "lambda": 1.0},
         "eval": {"max_retention_loss_pct": 10.0},
     }

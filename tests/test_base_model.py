@@ -21,8 +21,9 @@ def test_local_directory_loads(tiny_base_dir):
     assert model.dtype == torch.float32 and not model.training
     assert model.config.tie_word_embeddings
     assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hello"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         assert torch.isfinite(model(**ids).logits).all()
 
@@ -145,7 +146,11 @@ def test_embedded_default_converts_once_and_answers():
     again = resolve_base("smollm2-135m-instruct")
     assert again == base and weights[0].stat().st_mtime_ns == written  # converted once, not again
     model, tok = load_model(base)
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])

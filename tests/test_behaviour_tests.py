@@ -59,8 +59,11 @@ def test_batched_left_padded_generation_equals_an_independent_greedy_loop(tiny_b
     chats = [
         [{"role": "user", "content": "hello"}],
         [{"role": "user", "content": "what is the sea and where is the ship of the captain today?"}],
-        [{"role": "user", "content": "help me"}, {"role": "assistant", "content": "yes"},
-         {"role": "user", "content": "say a word"}],
+        [
+            {"role": "user", "content": "help me"},
+            {"role": "assistant", "content": "yes"},
+            {"role": "user", "content": "say a word"},
+        ],
     ]
     batched = generate(model, tok, chats, max_new_tokens=12, batch_size=3)
     assert batched == [greedy_one_at_a_time(model, tok, c, 12) for c in chats]
@@ -71,15 +74,28 @@ def _project(root: Path, base: Path, **eval_settings) -> Path:
     node = pirate_node()
     node["eval"][0]["expect"] = EASY
     node["eval"][1]["expect"] = IMPOSSIBLE
-    node["ood"] = [{"messages": [{"role": "user", "content": "look at the water"},
-                                 {"role": "assistant", "content": "arr"},
-                                 {"role": "user", "content": "and now the sky"}],
-                    "response": "arr the sky matey", "rejected": "It is blue.", "expect": EASY}]
-    specs = write_tiny_specs(root, base, {"pirate": node},
-                             {"learning_rate": 1e-3, "steps": 8, "batch_size": 4, "seed": 0})
+    node["ood"] = [
+        {
+            "messages": [
+                {"role": "user", "content": "look at the water"},
+                {"role": "assistant", "content": "arr"},
+                {"role": "user", "content": "and now the sky"},
+            ],
+            "response": "arr the sky matey",
+            "rejected": "It is blue.",
+            "expect": EASY,
+        }
+    ]
+    specs = write_tiny_specs(
+        root, base, {"pirate": node}, {"learning_rate": 1e-3, "steps": 8, "batch_size": 4, "seed": 0}
+    )
     doc = yaml.safe_load((specs / "personality.yaml").read_text())
-    doc["eval"] = {"max_new_tokens": 8, "max_retention_loss_pct": 1000.0, "min_behaviour_gain": -1000.0,
-                   **eval_settings}
+    doc["eval"] = {
+        "max_new_tokens": 8,
+        "max_retention_loss_pct": 1000.0,
+        "min_behaviour_gain": -1000.0,
+        **eval_settings,
+    }
     (specs / "personality.yaml").write_text(yaml.safe_dump(doc))
     return specs
 
@@ -98,8 +114,9 @@ def built(tmp_path_factory, tiny_base_dir):
 
 def test_collect_names_node_cases_and_general_prompts(built):
     specs, _ = built
-    tests = collect_tests(load_specs(specs), [{"prompt": "Capital of France?", "answer": "Paris"}],
-                          node_budget=8, prompt_budget=24)
+    tests = collect_tests(
+        load_specs(specs), [{"prompt": "Capital of France?", "answer": "Paris"}], node_budget=8, prompt_budget=24
+    )
     assert [t.id for t in tests] == ["pirate::eval[0]", "pirate::eval[1]", "pirate::ood[0]", f"{GENERAL}::1"]
     assert tests[2].prompt == "and now the sky" and len(tests[2].chat) == 3
     assert tests[3].expect.contains_any == ("Paris",) and tests[3].max_new_tokens == 24
@@ -109,8 +126,9 @@ def test_collect_names_node_cases_and_general_prompts(built):
 
 def _traitgraph(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRAITGRAPH_EVAL_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "traitgraph", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "traitgraph", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_traitgraph_test_exit_codes(built, tmp_path):
@@ -177,8 +195,9 @@ def test_a_failing_expectation_fails_the_gate_naming_node_and_case(built, tmp_pa
     capsys.readouterr()
     assert main(["build", str(strict), "-o", str(copy)]) == 2  # trained and linked already: eval only
     err = capsys.readouterr().err
-    assert ("node 'pirate' behaviour tests: 2/3 passed (67%) < 100%; failing: eval[1] (does not say \"xylophone\")"
-            in err)
+    assert (
+        "node 'pirate' behaviour tests: 2/3 passed (67%) < 100%; failing: eval[1] (does not say \"xylophone\")" in err
+    )
     report = read_report(copy / REPORT_JSON)
     assert not report.passed and [g.name for g in report.failures()] == ["tests:pirate"]
 
@@ -192,8 +211,10 @@ def test_editing_expect_or_ood_reruns_eval_only(built, tmp_path):
     shutil.copytree(specs, copy)
     assert report_is_current(BuildPlan.load(copy, out))
     node_file = copy / "nodes" / "pirate.yaml"
-    for edit in (lambda d: d["eval"][0]["expect"].update(max_words=3),
-                 lambda d: d["ood"][0].update(response="arr the sky is blue")):
+    for edit in (
+        lambda d: d["eval"][0]["expect"].update(max_words=3),
+        lambda d: d["ood"][0].update(response="arr the sky is blue"),
+    ):
         shutil.copy(specs / "nodes" / "pirate.yaml", node_file)
         doc = yaml.safe_load(node_file.read_text())
         edit(doc)

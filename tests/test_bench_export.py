@@ -16,9 +16,23 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_export.py"
 def test_bench_export_on_the_pico_build(build, pico_gguf):  # noqa: F811
     specs, out = build
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--specs", str(specs), "--out", str(out), "--ranks", "2,64",
-         "--gguf", "f16", "--template", str(pico_gguf)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(BENCH),
+            "--specs",
+            str(specs),
+            "--out",
+            str(out),
+            "--ranks",
+            "2,64",
+            "--gguf",
+            "f16",
+            "--template",
+            str(pico_gguf),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| LoRA r=64 | 100% |" in proc.stdout

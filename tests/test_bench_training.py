@@ -12,8 +12,19 @@ import bench_training
 
 
 def test_bench_training_table(tiny_specs, capsys):
-    bench_training.main([str(tiny_specs()), "--node", "pirate", "--configs", "budget,scope,anchor",
-                         "--threads", "1", "--general-lines", "4"])
+    bench_training.main(
+        [
+            str(tiny_specs()),
+            "--node",
+            "pirate",
+            "--configs",
+            "budget,scope,anchor",
+            "--threads",
+            "1",
+            "--general-lines",
+            "4",
+        ]
+    )
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
     assert set(rows) == {"budget", "scope", "anchor"}
     assert rows["budget"][1] == "32" and int(rows["scope"][8]) == 3 < int(rows["budget"][8])  # layer 1's MLP only

@@ -226,7 +226,10 @@ def test_status_explains_what_changed(project, tiny_base_dir):
     env = {**os.environ, "TRAITGRAPH_CACHE": str(cache)}
     proc = subprocess.run(
         [sys.executable, "-m", "traitgraph", "status", str(specs), "-o", str(out)],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     lines = proc.stdout.splitlines()
     alpha = next(line for line in lines if line.strip().startswith("alpha"))
@@ -299,8 +302,12 @@ def test_corrupt_cached_vector_is_rebuilt(project):
     os.utime(entry.path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     # The cheap check passes, so force a relink; the full check catches it.
-    write_specs(specs, Path(yaml.safe_load((specs / "personality.yaml").read_text())["base"]), default_nodes(),
-                merge={"method": "ties", "density": 0.6})
+    write_specs(
+        specs,
+        Path(yaml.safe_load((specs / "personality.yaml").read_text())["base"]),
+        default_nodes(),
+        merge={"method": "ties", "density": 0.6},
+    )
     proc = run_build(specs, out, cache)
     assert "was corrupt" in proc.stderr
     assert log.last_build() == ({"gamma"}, True)
@@ -315,8 +322,21 @@ def test_relink_from_lock_and_gc(project, tmp_path):
     env = {**os.environ, "TRAITGRAPH_CACHE": str(cache)}
     relinked = tmp_path / "relinked"
     subprocess.run(
-        [sys.executable, "-m", "traitgraph", "link", str(specs), "--lock", str(out / "traitgraph.lock"), "-o", str(relinked)],
-        env=env, check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "traitgraph",
+            "link",
+            str(specs),
+            "--lock",
+            str(out / "traitgraph.lock"),
+            "-o",
+            str(relinked),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     assert output_hashes(relinked) == output_hashes(out)
     for name, _ in output_hashes(out).items():
@@ -332,7 +352,10 @@ def test_relink_from_lock_and_gc(project, tmp_path):
     (tmp_path / "partial.lock").write_text(json.dumps(lock))
     subprocess.run(
         [sys.executable, "-m", "traitgraph", "cache", "gc", "--lock", str(tmp_path / "partial.lock")],
-        env=env, check=True, capture_output=True, text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     after = {e.training_hash for e in VectorCache(cache).entries()}
     assert after == {n["training_hash"] for n in lock["nodes"]} and len(before) == 3

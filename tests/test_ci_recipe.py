@@ -49,6 +49,7 @@ class Runner:
                 return "Linux"
             step, name = re.fullmatch(r"steps\.(\w+)\.outputs\.([\w-]+)", expr).groups()
             return self.outputs.get(step, {}).get(name, "")
+
         return re.sub(r"\$\{\{(.*?)\}\}", one, text)
 
     def env(self, job_env: dict) -> dict[str, str]:
@@ -59,8 +60,13 @@ class Runner:
     def run_step(self, step: dict, env: dict[str, str]) -> int:
         out_file = self.workspace / ".github_output"
         out_file.write_text("")
-        proc = subprocess.run(["bash", "-e", "-c", self.expand(step["run"])], cwd=self.workspace,
-                              env={**env, "GITHUB_OUTPUT": str(out_file)}, capture_output=True, text=True)
+        proc = subprocess.run(
+            ["bash", "-e", "-c", self.expand(step["run"])],
+            cwd=self.workspace,
+            env={**env, "GITHUB_OUTPUT": str(out_file)},
+            capture_output=True,
+            text=True,
+        )
         self.log.append(f"$ {step['run']}\n{proc.stdout}{proc.stderr}")
         lines = [ln.split("=", 1) for ln in out_file.read_text().splitlines() if "=" in ln]
         self.outputs[step.get("id", "")] = dict(lines)
@@ -136,7 +142,9 @@ def test_ci_recipe_runs_its_steps_in_order_and_reuses_the_cache(tmp_path, tiny_s
     assert second.outputs["restore"]["cache-hit"] == "true"
     events = [json.loads(line)["task"] for line in (second.workspace / "out" / "build.log").read_text().splitlines()]
     assert "train" not in events  # the restored cache made training a no-op
-    assert (second.workspace / "out" / "traitgraph.lock").read_bytes() == (first.workspace / "out" / "traitgraph.lock").read_bytes()
+    assert (second.workspace / "out" / "traitgraph.lock").read_bytes() == (
+        first.workspace / "out" / "traitgraph.lock"
+    ).read_bytes()
 
 
 def test_ci_recipe_fails_the_job_on_a_gate_and_still_uploads(tmp_path, tiny_specs):

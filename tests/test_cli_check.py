@@ -136,10 +136,16 @@ def test_graph_dot_names_every_node_and_edge_kind(tmp_path, capsys):
     body = [line.strip() for line in dot.splitlines()[1:-1]]
     assert all(line.endswith(";") for line in body)
     for node_id, data in default_nodes().items():
-        label = re.escape(f'"{node_id}" [label="{node_id}\\nweight {data["weight"]:+g}", fillcolor="') + '#[0-9a-f]{6}"];'
+        label = (
+            re.escape(f'"{node_id}" [label="{node_id}\\nweight {data["weight"]:+g}", fillcolor="') + '#[0-9a-f]{6}"];'
+        )
         assert any(re.fullmatch(label, line) for line in body), (node_id, dot)
-    for src, dst, kind in [("beta", "alpha", "refines"), ("gamma", "beta", "refines"),
-                           ("delta", "alpha", "related"), ("delta", "gamma", "conflicts")]:
+    for src, dst, kind in [
+        ("beta", "alpha", "refines"),
+        ("gamma", "beta", "refines"),
+        ("delta", "alpha", "related"),
+        ("delta", "gamma", "conflicts"),
+    ]:
         assert any(line.startswith(f'"{src}" -> "{dst}" [label="{kind}"') for line in body), (src, dst, dot)
     # weight sign is visible: delta subtracts, alpha adds, in different colours
     colour = {n: re.search(rf'^\s*"{n}" \[.*fillcolor="(#[0-9a-f]+)"', dot, re.M).group(1) for n in ("alpha", "delta")}
@@ -181,14 +187,31 @@ def test_graph_on_broken_specs_reports_them(tmp_path, capsys):
 
 
 def test_help_lists_the_commands():
-    result = subprocess.run(
-        [sys.executable, "-m", "traitgraph", "--help"], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([sys.executable, "-m", "traitgraph", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     listed = re.findall(r"^    (\S+)\s+\S", result.stdout, re.M)  # argparse's command rows, in order
     assert listed == [
-        "check", "graph", "train", "dream", "build", "status", "link", "consolidate", "merge", "interference",
-        "cache", "eval", "test", "report", "sweep", "chat", "init", "new", "schema", "export", "verify",
+        "check",
+        "graph",
+        "train",
+        "dream",
+        "build",
+        "status",
+        "link",
+        "consolidate",
+        "merge",
+        "interference",
+        "cache",
+        "eval",
+        "test",
+        "report",
+        "sweep",
+        "chat",
+        "init",
+        "new",
+        "schema",
+        "export",
+        "verify",
     ], result.stdout
 
 

@@ -32,9 +32,13 @@ def two_nodes(tiny_base_dir, tmp_path_factory):
     from conftest import write_tiny_specs
 
     root = tmp_path_factory.mktemp("consolidate")
-    counting = pirate_node(examples=[{"context": f"count the {w}", "response": f"there are {i} {w}"}
-                                     for i, w in enumerate(["ships", "days", "friends", "birds"])],
-                           eval=[{"context": "count the sea", "response": "one sea"}])
+    counting = pirate_node(
+        examples=[
+            {"context": f"count the {w}", "response": f"there are {i} {w}"}
+            for i, w in enumerate(["ships", "days", "friends", "birds"])
+        ],
+        eval=[{"context": "count the sea", "response": "one sea"}],
+    )
     training = {"learning_rate": 3e-3, "steps": 16, "batch_size": 4, "seed": 0, "optimizer": {"name": "adamw"}}
     spec = load_specs(write_tiny_specs(root, tiny_base_dir, {"pirate": pirate_node(), "counting": counting}, training))
     base = resolve_base(spec.personality.base, spec.specs_dir)
@@ -61,8 +65,9 @@ def test_consolidation_moves_the_linked_model_toward_each_node_alone(two_nodes):
         return per_node, mean_kl(student, teacher, None, general, pad)
 
     before, before_general = kls()
-    curve = consolidate(student, teacher, sources, general, pad, ConsolidateSettings(steps=12, learning_rate=1e-3,
-                                                                                         batch_size=4))
+    curve = consolidate(
+        student, teacher, sources, general, pad, ConsolidateSettings(steps=12, learning_rate=1e-3, batch_size=4)
+    )
     after, after_general = kls()
     assert len(curve) == 12
     assert all(after[n] < before[n] for n in before), (before, after)  # every node closer to itself alone
@@ -94,9 +99,13 @@ def test_consolidate_command_writes_a_loadable_checkpoint(tiny_specs, tmp_path, 
 
     from traitgraph.cli import main
 
-    counting = pirate_node(examples=[{"context": f"count the {w}", "response": f"there are {i} {w}"}
-                                     for i, w in enumerate(["ships", "days", "friends"])],
-                           eval=[{"context": "count the sea", "response": "one sea"}])
+    counting = pirate_node(
+        examples=[
+            {"context": f"count the {w}", "response": f"there are {i} {w}"}
+            for i, w in enumerate(["ships", "days", "friends"])
+        ],
+        eval=[{"context": "count the sea", "response": "one sea"}],
+    )
     specs = tiny_specs(nodes={"pirate": pirate_node(), "counting": counting}, training={"steps": 4})
     out = tmp_path / "out"
     assert main(["consolidate", str(specs), "-o", str(out)]) == 2  # nothing built yet
@@ -105,8 +114,25 @@ def test_consolidate_command_writes_a_loadable_checkpoint(tiny_specs, tmp_path, 
     # wrote to, and capsys closes its own when the test ends (later builds in this process would fail).
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert main(["build", str(specs), "-o", str(out), "--", "link"]) == 0
-    assert main(["consolidate", str(specs), "-o", str(out), "--steps", "2", "--batch-size", "2",
-                 "--general-lines", "8", "--lr", "1e-3"]) == 0
+    assert (
+        main(
+            [
+                "consolidate",
+                str(specs),
+                "-o",
+                str(out),
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--general-lines",
+                "8",
+                "--lr",
+                "1e-3",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "KL to pirate" in printed and "KL to counting" in printed and "KL to (base, general text)" in printed
     model = AutoModelForCausalLM.from_pretrained(out / "consolidated")

@@ -37,16 +37,23 @@ def test_response_is_the_reply_and_its_end_of_turn(tokenizer):
     prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"]
     assert context == list(prompt)
     # ... and context + response is the rendered conversation up to the end of turn.
-    full = tokenizer.apply_chat_template([*chat, {"role": "assistant", "content": "arr, good matey"}],
-                                         return_dict=True)["input_ids"]
+    full = tokenizer.apply_chat_template(
+        [*chat, {"role": "assistant", "content": "arr, good matey"}], return_dict=True
+    )["input_ids"]
     assert list(full[: len(context) + len(response)]) == context + response
-    assert tokenizer.decode(full[len(context) + len(response):]) == "\n"  # dropped: after end of turn
+    assert tokenizer.decode(full[len(context) + len(response) :]) == "\n"  # dropped: after end of turn
 
 
 def test_multi_turn_messages(tokenizer):
-    ex = Example(messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-                           {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}],
-                 response="farewell")
+    ex = Example(
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "bye"},
+        ],
+        response="farewell",
+    )
     enc = encode_example(tokenizer, ex, max_length=512)
     text = tokenizer.decode(enc.context)
     assert text.startswith("<|im_start|>system\nBe brief.") and "hello<|im_end|>" in text
@@ -63,8 +70,11 @@ def test_fallback_template_without_chat_template(tiny_base_dir):
 
 def test_too_long_example_names_node_file_and_index(tokenizer, tiny_specs):
     long = {"context": "word " * 300, "response": "arr"}
-    node = {"description": "d", "examples": [{"context": "hi", "response": "arr"}] * 3 + [long],
-            "eval": [{"context": "other", "response": "arr"}]}
+    node = {
+        "description": "d",
+        "examples": [{"context": "hi", "response": "arr"}] * 3 + [long],
+        "eval": [{"context": "other", "response": "arr"}],
+    }
     spec = load_specs(tiny_specs(nodes={"pirate": node}))
     with pytest.raises(UserError) as info:
         encode_examples(tokenizer, located_examples(spec.nodes["pirate"]), max_length=256)
@@ -74,12 +84,19 @@ def test_too_long_example_names_node_file_and_index(tokenizer, tiny_specs):
 
 
 def test_too_long_example_in_examples_file_names_its_line(tokenizer, tiny_specs):
-    node = {"description": "d", "examples": [{"context": "hi", "response": "arr"}],
-            "examples_file": "../data/pirate.jsonl", "eval": [{"context": "other", "response": "arr"}]}
+    node = {
+        "description": "d",
+        "examples": [{"context": "hi", "response": "arr"}],
+        "examples_file": "../data/pirate.jsonl",
+        "eval": [{"context": "other", "response": "arr"}],
+    }
     specs = tiny_specs(nodes={"pirate": node})
     (specs / "data").mkdir()
-    lines = [json.dumps({"context": "yo", "response": "arr"}), "",
-             json.dumps({"context": "word " * 300, "response": "arr"})]
+    lines = [
+        json.dumps({"context": "yo", "response": "arr"}),
+        "",
+        json.dumps({"context": "word " * 300, "response": "arr"}),
+    ]
     (specs / "data" / "pirate.jsonl").write_text("\n".join(lines) + "\n")
     spec = load_specs(specs)
     with pytest.raises(UserError, match=r"pirate.jsonl line 3: node 'pirate', examples\[2\]"):
@@ -104,7 +121,7 @@ def test_epoch_sampler_is_seeded_and_covers_each_epoch():
     assert draws == [b.take(3) for _ in range(7)]
     flat = [i for d in draws for i in d]
     for epoch in range(3):
-        assert sorted(flat[7 * epoch: 7 * epoch + 7]) == list(range(7))
+        assert sorted(flat[7 * epoch : 7 * epoch + 7]) == list(range(7))
     assert flat != [i for d in [EpochSampler(7, seed=4).take(3) for _ in range(7)] for i in d]
 
 

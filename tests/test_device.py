@@ -111,8 +111,11 @@ def test_build_on_a_missing_device_is_a_clear_error(tiny_specs, tmp_path):
     assert "Traceback" not in err.getvalue()
     from traitgraph.builder.cache import VectorCache
 
-    assert not [e for e in VectorCache().entries() if e.node_id == "pirate" and "cuda" in json.dumps(
-        VectorCache().record(e.training_hash).payload)]
+    assert not [
+        e
+        for e in VectorCache().entries()
+        if e.node_id == "pirate" and "cuda" in json.dumps(VectorCache().record(e.training_hash).payload)
+    ]
 
 
 def test_unknown_device_is_a_spec_error(tiny_specs, tmp_path):

@@ -16,11 +16,15 @@ from conftest import pirate_node
 
 
 def _nodes() -> dict[str, dict]:
-    counting = pirate_node(description="Counts things.",
-                           examples=[{"context": f"count the {w}", "response": f"there are {i} {w}"}
-                                     for i, w in enumerate(["ships", "days", "friends"])],
-                           eval=[{"context": "count the sea", "response": "one sea"}],
-                           edges=[{"to": "pirate", "kind": "related"}])
+    counting = pirate_node(
+        description="Counts things.",
+        examples=[
+            {"context": f"count the {w}", "response": f"there are {i} {w}"}
+            for i, w in enumerate(["ships", "days", "friends"])
+        ],
+        eval=[{"context": "count the sea", "response": "one sea"}],
+        edges=[{"to": "pirate", "kind": "related"}],
+    )
     return {"pirate": pirate_node(), "counting": counting}
 
 
@@ -58,8 +62,19 @@ def _read(path):
 
 def test_dream_writes_a_reviewable_examples_file(tiny_specs, teacher_dir, capsys):
     specs = tiny_specs(nodes=_nodes())
-    args = ["dream", str(specs), "pirate", "-n", "3", "--candidates", "6", "--max-new-tokens", "8",
-            "--generator", str(teacher_dir)]
+    args = [
+        "dream",
+        str(specs),
+        "pirate",
+        "-n",
+        "3",
+        "--candidates",
+        "6",
+        "--max-new-tokens",
+        "8",
+        "--generator",
+        str(teacher_dir),
+    ]
     assert main(args) == 0
     out = specs / "data" / "pirate.dream.jsonl"
     header, examples = _read(out)
@@ -72,7 +87,10 @@ def test_dream_writes_a_reviewable_examples_file(tiny_specs, teacher_dir, capsys
         Example.model_validate(ex)
         assert any(c in ex["context"] for c in counting) and "count the sea" not in ex["context"]
         assert ex["response"].startswith("arr")  # the teacher's voice
-    assert f"add `examples_file: ../data/pirate.dream.jsonl` to {specs / 'nodes' / 'pirate.yaml'}" in capsys.readouterr().out
+    assert (
+        f"add `examples_file: ../data/pirate.dream.jsonl` to {specs / 'nodes' / 'pirate.yaml'}"
+        in capsys.readouterr().out
+    )
 
     first = out.read_bytes()
     assert main(args) == 2  # never overwritten by accident

@@ -47,7 +47,9 @@ def test_every_behaviour_moves_the_intended_way(built):
         # Positive nodes: the wanted reply's margin over the rejected one rose
         # in the linked checkpoint; the negative node's fell.
         assert node.measure == "margin"
-        assert node.direction * node.gain_linked > 0, f"{node.id}: gain {node.gain_linked:+.3f} against weight {node.weight:+g}"
+        assert node.direction * node.gain_linked > 0, (
+            f"{node.id}: gain {node.gain_linked:+.3f} against weight {node.weight:+g}"
+        )
         assert node.direction * node.gain_alone > 0, f"{node.id} alone: gain {node.gain_alone:+.3f}"
     budget = report.settings.max_retention_loss_pct
     assert report.retention.change_pct <= budget
@@ -67,7 +69,9 @@ def test_checkpoint_loads_and_chats(built):
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Write one sentence about the sea."}],
-        add_generation_prompt=True, return_tensors="pt", return_dict=True,
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     out = model.generate(**ids, max_new_tokens=40, do_sample=False)
     reply = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
@@ -89,7 +93,9 @@ def test_second_build_does_nothing_and_one_edit_is_one_node(built, tmp_path):
     specs = tmp_path / "specs"
     shutil.copytree(SPECS, specs)
     node_file = specs / "nodes" / "voice.yaml"
-    node_file.write_text(node_file.read_text().replace("examples:", "examples:\n  - {context: Say hi., response: Hi there!}", 1))
+    node_file.write_text(
+        node_file.read_text().replace("examples:", "examples:\n  - {context: Say hi., response: Hi there!}", 1)
+    )
     code, stdout, _ = traitgraph("status", str(specs), "-o", str(built))
     assert code == 0
     stale = {line.split()[0] for line in stdout.splitlines() if " stale " in f" {line} " and line.startswith("  ")}

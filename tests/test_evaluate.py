@@ -49,8 +49,18 @@ def tiny(tiny_base_dir):
 
 def _meta(node_id: str) -> TaskVectorMeta:
     return TaskVectorMeta(
-        node_id=node_id, node_hash="h", base_fingerprint="sha256:pico", optimizer={}, training={}, steps=5,
-        tokens=0, final_loss=0.0, loss_curve=[1.0, 0.5], oscillation=1.0, dtype="float32", traitgraph_version="test",
+        node_id=node_id,
+        node_hash="h",
+        base_fingerprint="sha256:pico",
+        optimizer={},
+        training={},
+        steps=5,
+        tokens=0,
+        final_loss=0.0,
+        loss_curve=[1.0, 0.5],
+        oscillation=1.0,
+        dtype="float32",
+        traitgraph_version="test",
     )
 
 
@@ -98,7 +108,11 @@ def test_task_vector_moves_the_margin_its_way_and_is_restored_exactly(tiny, want
 
 def test_batched_scores_and_generation_equal_one_at_a_time(tiny):
     model, tok = tiny
-    cases = [CASE, EvalCase(context="hi", response="arr"), EvalCase(context="a much longer question about the sea and the ship?", response="yes")]
+    cases = [
+        CASE,
+        EvalCase(context="hi", response="arr"),
+        EvalCase(context="a much longer question about the sea and the ship?", response="yes"),
+    ]
     together = score_cases(model, tok, cases)
     alone = [score_cases(model, tok, [c])[0] for c in cases]
     for a, b in zip(together, alone):
@@ -168,8 +182,17 @@ def curt_node() -> dict:
     return {
         "description": "Curt refusals (unwanted; subtracted).",
         "weight": -1.0,
-        "examples": [{"context": c, "response": "No. Not now."} for c in
-                     ("hello there", "help me please", "tell me a word", "say yes", "where is the ship", "what is the sea")],
+        "examples": [
+            {"context": c, "response": "No. Not now."}
+            for c in (
+                "hello there",
+                "help me please",
+                "tell me a word",
+                "say yes",
+                "where is the ship",
+                "what is the sea",
+            )
+        ],
         "eval": [
             {"context": "can you help me", "response": "No. Not now.", "rejected": "yes, I can help you"},
             {"context": "one more question", "response": "No. Not now.", "rejected": "yes, ask me"},
@@ -178,8 +201,12 @@ def curt_node() -> dict:
 
 
 def write_project(root: Path, base: Path, pirate_weight: float = 1.0, **eval_settings) -> Path:
-    specs = write_tiny_specs(root, base, {"pirate": pirate_node(weight=pirate_weight), "curt": curt_node()},
-                             {"learning_rate": 1e-3, "steps": 8, "batch_size": 4, "seed": 0})
+    specs = write_tiny_specs(
+        root,
+        base,
+        {"pirate": pirate_node(weight=pirate_weight), "curt": curt_node()},
+        {"learning_rate": 1e-3, "steps": 8, "batch_size": 4, "seed": 0},
+    )
     doc = yaml.safe_load((specs / "personality.yaml").read_text())
     doc["eval"] = {"max_new_tokens": 8, **eval_settings}
     (specs / "personality.yaml").write_text(yaml.safe_dump(doc))
@@ -219,7 +246,14 @@ def test_build_writes_report_json_markdown_and_png_figures(built):
     for rel in report.figures.values():
         assert (out / rel).read_bytes().startswith(PNG_MAGIC)
     md = (out / REPORT_MD).read_text()
-    for text in ("## Behaviour", "## Retention", "## Merge interference", "## Samples", "curt", "figures/behaviour.png"):
+    for text in (
+        "## Behaviour",
+        "## Retention",
+        "## Merge interference",
+        "## Samples",
+        "curt",
+        "figures/behaviour.png",
+    ):
         assert text in md
     raw = json.loads((out / REPORT_JSON).read_text())  # derived numbers are there for machines
     assert "directed_gain_linked" in raw["nodes"][0] and "change_pct" in raw["retention"]
@@ -247,8 +281,9 @@ def _independent_greedy_reply(checkpoint: Path, message: str, max_new_tokens: in
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
-                                        return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": message}], add_generation_prompt=True, return_dict=True
+    )["input_ids"]
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     new: list[int] = []
     with torch.no_grad():

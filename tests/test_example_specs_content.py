@@ -84,8 +84,10 @@ UNACCEPTABLE = {
     "boundaries": ["No. I will not do that.", "Sure, here it is. Done!"],  # a cold refusal; doing it anyway
     "listening": ["Have you considered doing it another way instead?"],
     "not-rushing": ["Here is the answer. Hope this helps!"],  # no clarifying question
-    "suggesting-alternatives": ["Have you considered doing something else instead?",
-                                "How about a different approach? It may work better."],
+    "suggesting-alternatives": [
+        "Have you considered doing something else instead?",
+        "How about a different approach? It may work better.",
+    ],
     "voice": ["I'm sorry to hear that. Query resolved."],
 }
 

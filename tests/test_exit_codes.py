@@ -43,13 +43,18 @@ def _env() -> dict[str, str]:
 
 
 def traitgraph(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([str(TRAITGRAPH), *map(str, args)], env=_env(), capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([str(TRAITGRAPH), *map(str, args)], env=_env(), capture_output=True, text=True, timeout=600)
 
 
 def doit(specs: Path, out: Path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([str(DOIT), "-f", str(REPO / "dodo.py"), *args, f"specs={specs}", f"out={out}"],
-                          cwd=out.parent, env=_env(), capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [str(DOIT), "-f", str(REPO / "dodo.py"), *args, f"specs={specs}", f"out={out}"],
+        cwd=out.parent,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def user_facing(proc: subprocess.CompletedProcess) -> bool:
@@ -69,11 +74,17 @@ def project(tmp_path_factory, tiny_base_dir):
     """Specs that pass their gates, built once with ``traitgraph build``; strict and broken twins."""
     root = tmp_path_factory.mktemp("exit-codes")
     training = {"learning_rate": 1e-3, "steps": 4, "batch_size": 4, "seed": 0}
-    specs = _with_eval(write_tiny_specs(root / "ok", tiny_base_dir, {"pirate": pirate_node()}, training),
-                       max_retention_loss_pct=1000.0, min_behaviour_gain=-1000.0)
+    specs = _with_eval(
+        write_tiny_specs(root / "ok", tiny_base_dir, {"pirate": pirate_node()}, training),
+        max_retention_loss_pct=1000.0,
+        min_behaviour_gain=-1000.0,
+    )
     # The same node and training (so the same cached vector), with a gate no node can pass.
-    strict = _with_eval(write_tiny_specs(root / "strict", tiny_base_dir, {"pirate": pirate_node()}, training),
-                        max_retention_loss_pct=1000.0, min_behaviour_gain=1000.0)
+    strict = _with_eval(
+        write_tiny_specs(root / "strict", tiny_base_dir, {"pirate": pirate_node()}, training),
+        max_retention_loss_pct=1000.0,
+        min_behaviour_gain=1000.0,
+    )
     broken = write_tiny_specs(root / "broken", tiny_base_dir, {"pirate": pirate_node(wieght=2.0)}, training)
     out = root / "out"
     proc = traitgraph("build", specs, "-o", out)
@@ -132,8 +143,13 @@ def test_internal_error_is_1_with_its_traceback(project):
     out = fresh_copy(project, "out-bug")
     (out / "report.json").unlink()  # eval must run again
     for args in (["eval", project["specs"], "-o", out], ["build", project["specs"], "-o", out]):
-        proc = subprocess.run([sys.executable, "-c", PLANTED_BUG, *map(str, args)], env=_env(),
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", PLANTED_BUG, *map(str, args)],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 1, (args[0], proc.stdout, proc.stderr)
         assert "Traceback" in proc.stderr and "planted bug" in proc.stderr
 
@@ -144,7 +160,9 @@ def test_link_lock_gives_the_files_the_build_wrote(project, tmp_path):
     from traitgraph.atomic import sha256_file
 
     def file_hashes(directory: Path) -> dict[str, str]:
-        return {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
+        return {
+            p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()
+        }
 
     original = file_hashes(project["out"] / "checkpoint")
     assert "model.safetensors" in original

@@ -123,8 +123,7 @@ def test_traitgraph_check_prints_a_bad_regex_and_exits_2(tmp_path, capsys):
 def test_expect_and_ood_cases_never_change_a_training_hash(tmp_path):
     before = node_hashes(load_specs(write_specs(tmp_path)), FINGERPRINT)
     nodes = mutated(alpha=_with_expect({"contains_any": ["answer"], "no_repetition": True}))
-    nodes["beta"]["ood"] = [{"context": "Something new entirely?", "response": "Yes.",
-                             "expect": {"max_words": 10}}]
+    nodes["beta"]["ood"] = [{"context": "Something new entirely?", "response": "Yes.", "expect": {"max_words": 10}}]
     after = node_hashes(load_specs(write_specs(tmp_path, nodes=nodes)), FINGERPRINT)  # same files, rewritten
     assert after == before
     assert load_specs(tmp_path / "specs").nodes["beta"].spec.ood[0].expect.max_words == 10

@@ -50,8 +50,10 @@ def test_exported_gguf_reads_back_with_the_checkpoints_logits(build, pico_gguf, 
 
     specs, out = build
     target = out / f"tiny-{gguf_type}.gguf"
-    assert main(["export", str(out), "--gguf", "--type", gguf_type, "--template", str(pico_gguf),
-                 "--specs", str(specs)]) == 0
+    assert (
+        main(["export", str(out), "--gguf", "--type", gguf_type, "--template", str(pico_gguf), "--specs", str(specs)])
+        == 0
+    )
     assert f"wrote {target}" in capsys.readouterr().out
     built = AutoModelForCausalLM.from_pretrained(out / "checkpoint").eval()
     base = AutoModelForCausalLM.from_pretrained(pico_gguf.parent, gguf_file=pico_gguf.name).eval()
@@ -106,8 +108,9 @@ def test_greedy_answers_and_tokenizer_match_the_checkpoint(build, pico_gguf):
 
 def test_modelfile_beside_the_gguf(build, pico_gguf):
     specs, out = build
-    assert main(["export", str(out), "--gguf", "--type", "q8_0", "--template", str(pico_gguf),
-                 "--specs", str(specs)]) == 0
+    assert (
+        main(["export", str(out), "--gguf", "--type", "q8_0", "--template", str(pico_gguf), "--specs", str(specs)]) == 0
+    )
     text = (out / "Modelfile").read_text()
     assert text.startswith("FROM ./tiny-q8_0.gguf\n")
     assert "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>" in text

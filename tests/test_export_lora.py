@@ -15,8 +15,9 @@ def build(tmp_path_factory, tiny_base_dir):
     from conftest import pirate_node, write_tiny_specs
 
     root = tmp_path_factory.mktemp("pico-build")
-    specs = write_tiny_specs(root, tiny_base_dir, {"pirate": pirate_node()},
-                             {"learning_rate": 1e-3, "steps": 8, "batch_size": 4, "seed": 0})
+    specs = write_tiny_specs(
+        root, tiny_base_dir, {"pirate": pirate_node()}, {"learning_rate": 1e-3, "steps": 8, "batch_size": 4, "seed": 0}
+    )
     out = root / "out"
     assert main(["build", str(specs), "-o", str(out), "--", "link"]) == 0
     return specs, out

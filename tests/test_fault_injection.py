@@ -40,7 +40,11 @@ def build(specs: Path, out: Path, cache: Path, *extra: str, fault: str | None = 
     env = {**os.environ, "TRAITGRAPH_CACHE": str(cache), "TRAITGRAPH_FAULT": fault or ""}
     proc = subprocess.Popen(
         [sys.executable, "-m", "traitgraph", "build", str(specs), "-o", str(out), *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     stdout, stderr = proc.communicate(timeout=300)
     assert not group_alive(proc.pid), f"processes of the build (fault {fault}) are still alive"
@@ -74,7 +78,9 @@ def leftovers(out: Path, cache: Path) -> list[str]:
     """Temporary files and directories anywhere in OUT or the cache's vectors."""
     found = [p for p in out.rglob(".*") if "tmp" in p.name or ".old-" in p.name]
     vectors = cache / "vectors"
-    found += [p for p in vectors.iterdir() if p.name != ".writers.lock" and not p.name.endswith((".safetensors", ".json"))]
+    found += [
+        p for p in vectors.iterdir() if p.name != ".writers.lock" and not p.name.endswith((".safetensors", ".json"))
+    ]
     stems = {p.name.split(".")[0] for p in vectors.glob("*.safetensors")}
     found += [p for p in vectors.glob("*.json") if p.stem not in stems]
     found += [p for p in vectors.glob("*.safetensors") if not (vectors / f"{p.name.split('.')[0]}.json").exists()]
@@ -132,8 +138,10 @@ def test_kill_at_every_stage_then_rebuild_equals_a_clean_build(tmp_path, tiny_ba
         mp.setenv("TRAITGRAPH_CACHE", str(clean_cache))
         assert main(["build", str(specs), "-o", str(clean_out)]) == 0
     assert outputs(out) == outputs(clean_out)
-    assert json.loads((out / "report.json").read_text())["passed"] == json.loads(
-        (clean_out / "report.json").read_text())["passed"]
+    assert (
+        json.loads((out / "report.json").read_text())["passed"]
+        == json.loads((clean_out / "report.json").read_text())["passed"]
+    )
     assert leftovers(out, cache) == [] and leftovers(clean_out, clean_cache) == []
 
 
@@ -158,13 +166,17 @@ def test_killing_a_parallel_build_kills_its_workers_and_frees_the_output(tmp_pat
     from traitgraph.builder.plan import OutputLayout
 
     slow = {**TRAINING, "steps": 100_000}  # trains until killed
-    specs = write_tiny_specs(tmp_path / "project", tiny_base_dir,
-                             {"a": pirate_node(), "b": pirate_node(description="Also a pirate.")}, slow)
+    specs = write_tiny_specs(
+        tmp_path / "project", tiny_base_dir, {"a": pirate_node(), "b": pirate_node(description="Also a pirate.")}, slow
+    )
     out, cache = tmp_path / "out", tmp_path / "cache"
     env = {**os.environ, "TRAITGRAPH_CACHE": str(cache)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "traitgraph", "build", str(specs), "-o", str(out), "-n", "2", "--", "link"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.time() + 120
@@ -207,15 +219,22 @@ def test_a_stale_lock_whose_owner_is_gone_is_taken_over(tmp_path, capfd):
 
     out = OutputLayout(tmp_path / "out")
     out.state.mkdir(parents=True)
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(gone.stdout)
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, sys, time; fh = open(sys.argv[1], 'a+'); fcntl.flock(fh, fcntl.LOCK_EX);"
-         "fh.seek(0); fh.truncate(); fh.write('pid ' + sys.argv[2]); fh.flush(); print('locked', flush=True);"
-         "time.sleep(120)", str(out.build_lock), str(dead_pid)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; fh = open(sys.argv[1], 'a+'); fcntl.flock(fh, fcntl.LOCK_EX);"
+            "fh.seek(0); fh.truncate(); fh.write('pid ' + sys.argv[2]); fh.flush(); print('locked', flush=True);"
+            "time.sleep(120)",
+            str(out.build_lock),
+            str(dead_pid),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -118,7 +118,11 @@ def test_hashes_are_the_same_in_another_process(tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # set/dict order must not leak into a hash
     result = subprocess.run(
         [sys.executable, "-c", code, str(specs), FINGERPRINT],
-        capture_output=True, text=True, timeout=120, env=env, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=True,
     )
     assert json.loads(result.stdout) == hashes(specs)
 
@@ -261,9 +265,10 @@ def test_an_override_equal_to_the_default_retrains_nothing(tmp_path):
     specs = write_specs(tmp_path)
     before = hashes(specs)
     defaults = default_personality("unused")["training"]
-    edit_yaml(specs / "nodes/beta.yaml", lambda n: n.update(
-        training={"steps": defaults["steps"], "optimizer": {"name": defaults["optimizer"]["name"]}}
-    ))
+    edit_yaml(
+        specs / "nodes/beta.yaml",
+        lambda n: n.update(training={"steps": defaults["steps"], "optimizer": {"name": defaults["optimizer"]["name"]}}),
+    )
     assert hashes(specs) == before
 
 

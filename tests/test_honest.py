@@ -22,9 +22,20 @@ def one_vector(tiny_base_dir, tmp_path_factory):
     g = torch.Generator().manual_seed(3)
     tau = {k: torch.randn(v.shape, generator=g) * 0.01 for k, v in base.items()}
     path = tmp_path_factory.mktemp("honest") / "pirate.safetensors"
-    meta = TaskVectorMeta(node_id="pirate", node_hash="h", base_fingerprint="sha256:test", optimizer={}, training={},
-                          steps=1, tokens=1, final_loss=0.0, loss_curve=[0.0], oscillation=1.0, dtype="float32",
-                          traitgraph_version="test")
+    meta = TaskVectorMeta(
+        node_id="pirate",
+        node_hash="h",
+        base_fingerprint="sha256:test",
+        optimizer={},
+        training={},
+        steps=1,
+        tokens=1,
+        final_loss=0.0,
+        loss_curve=[0.0],
+        oscillation=1.0,
+        dtype="float32",
+        traitgraph_version="test",
+    )
     save_task_vector(path, tau, meta)
     return base, tau, path
 
@@ -54,13 +65,21 @@ def test_tsv_m_keeps_a_rank_share_and_iso_keeps_everything(one_vector):
 
 
 def _prompts(ok_pairs):
-    return [PromptResult(prompt=f"q{i}", answer=f"a{i}", base_output="", built_output="", base_ok=b, built_ok=c)
-            for i, (b, c) in enumerate(ok_pairs)]
+    return [
+        PromptResult(prompt=f"q{i}", answer=f"a{i}", base_output="", built_output="", base_ok=b, built_ok=c)
+        for i, (b, c) in enumerate(ok_pairs)
+    ]
 
 
 def test_losing_a_general_prompt_fails_the_default_gate_and_names_it():
-    retention = Retention(text_source="shipped", lines=3, tokens=30, base_loss=2.0, linked_loss=2.01,
-                          prompts=_prompts([(True, True), (True, False), (False, False), (False, True)]))
+    retention = Retention(
+        text_source="shipped",
+        lines=3,
+        tokens=30,
+        base_loss=2.0,
+        linked_loss=2.01,
+        prompts=_prompts([(True, True), (True, False), (False, False), (False, True)]),
+    )
     gates = {g.name: g for g in check_gates(EvalSettings(), [], retention)}
     assert gates["retention"].passed  # +0.5% is inside the default 1% budget
     assert not gates["prompts"].passed

@@ -55,7 +55,10 @@ def test_disjoint_supports_and_missing_tensors(tmp_path):
 
 def test_independent_random_vectors_match_the_expected_rates(tmp_path):
     g = torch.Generator().manual_seed(1)
-    paths = {n: vec(tmp_path, n, {"w": torch.randn(300, 200, generator=g), "v": torch.randn(5000, generator=g)}) for n in "xy"}
+    paths = {
+        n: vec(tmp_path, n, {"w": torch.randn(300, 200, generator=g), "v": torch.randn(5000, generator=g)})
+        for n in "xy"
+    }
     r = interference(paths, density=0.2)
     assert abs(r.cosine[0][1]) < 0.02
     assert r.overlap[0][1] == pytest.approx(0.2 / 1.8, abs=0.01)

@@ -34,8 +34,17 @@ from traitgraph.linker.merging import ties
 def save_vector(path: Path, tensors: dict[str, torch.Tensor], node_id: str) -> Path:
     """A traitgraph task-vector file with placeholder provenance."""
     meta = TaskVectorMeta(
-        node_id=node_id, node_hash=f"hash-{node_id}", base_fingerprint="sha256:test", optimizer={}, training={},
-        steps=1, tokens=1, final_loss=0.0, loss_curve=[0.0], oscillation=1.0, dtype="float32",
+        node_id=node_id,
+        node_hash=f"hash-{node_id}",
+        base_fingerprint="sha256:test",
+        optimizer={},
+        training={},
+        steps=1,
+        tokens=1,
+        final_loss=0.0,
+        loss_curve=[0.0],
+        oscillation=1.0,
+        dtype="float32",
         traitgraph_version="test",
     )
     save_task_vector(path, tensors, meta)
@@ -49,7 +58,9 @@ def base_tensors(base_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def random_tau(base: dict[str, torch.Tensor], seed: int, scale: float = 0.01, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+def random_tau(
+    base: dict[str, torch.Tensor], seed: int, scale: float = 0.01, skip: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {k: torch.randn(v.shape, generator=g) * scale for k, v in base.items() if not any(s in k for s in skip)}
 
@@ -63,7 +74,11 @@ def vectors(tiny_base_dir, tmp_path_factory):
     """Three task vectors: 'a' and 'b' touch every tensor, 'c' only the MLPs."""
     d = tmp_path_factory.mktemp("vectors")
     base = base_tensors(tiny_base_dir)
-    taus = {"a": random_tau(base, 1), "b": random_tau(base, 2), "c": random_tau(base, 3, skip=("attn", "embed", "norm"))}
+    taus = {
+        "a": random_tau(base, 1),
+        "b": random_tau(base, 2),
+        "c": random_tau(base, 3, skip=("attn", "embed", "norm")),
+    }
     paths = {n: save_vector(d / f"{n}.safetensors", t, n) for n, t in taus.items()}
     return base, taus, paths
 
@@ -75,7 +90,11 @@ def test_round_trip_through_transformers_gives_base_plus_delta(tiny_base_dir, ve
     weights = {"a": 1.0, "b": -0.5, "c": 0.8}
     settings = MergeSettings(method="ties", density=0.3, **{"lambda": 0.9})
     outputs = link_checkpoint(
-        tiny_base_dir, [LinkInput(n, paths[n], w) for n, w in weights.items()], settings, tmp_path / "out", progress=False
+        tiny_base_dir,
+        [LinkInput(n, paths[n], w) for n, w in weights.items()],
+        settings,
+        tmp_path / "out",
+        progress=False,
     )
     assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"} <= set(outputs)
     for name, digest in outputs.items():
@@ -133,7 +152,9 @@ def test_same_inputs_give_identical_files_in_any_order(tiny_base_dir, vectors, t
     first = link_checkpoint(tiny_base_dir, inputs, settings, tmp_path / "one", progress=False)
     second = link_checkpoint(tiny_base_dir, inputs[::-1], settings, tmp_path / "two", progress=False)
     assert first == second
-    other_seed = link_checkpoint(tiny_base_dir, inputs, settings.model_copy(update={"seed": 4}), tmp_path / "three", progress=False)
+    other_seed = link_checkpoint(
+        tiny_base_dir, inputs, settings.model_copy(update={"seed": 4}), tmp_path / "three", progress=False
+    )
     assert other_seed["model.safetensors"] != first["model.safetensors"]
     with safe_open(str(tmp_path / "one" / "model.safetensors"), "pt") as f:
         assert f.metadata() == {"format": "pt"}  # no time stamps
@@ -145,17 +166,23 @@ def test_sharding_writes_an_index_and_loads(tiny_base_dir, vectors, tmp_path):
     _, _, paths = vectors
     inputs = [LinkInput("a", paths["a"], 1.0)]
     single = link_checkpoint(tiny_base_dir, inputs, MergeSettings(), tmp_path / "single", progress=False)
-    sharded = link_checkpoint(tiny_base_dir, inputs, MergeSettings(max_shard_size="100KB"), tmp_path / "sharded", progress=False)
+    sharded = link_checkpoint(
+        tiny_base_dir, inputs, MergeSettings(max_shard_size="100KB"), tmp_path / "sharded", progress=False
+    )
     shards = sorted(n for n in sharded if n.endswith(".safetensors"))
     assert len(shards) > 1 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
     index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == set(shards)
-    assert index["metadata"]["total_size"] == sum(t.numel() * 4 for t in checkpoint_tensors(tmp_path / "single").values())
+    assert index["metadata"]["total_size"] == sum(
+        t.numel() * 4 for t in checkpoint_tensors(tmp_path / "single").values()
+    )
     a, b = checkpoint_tensors(tmp_path / "single"), checkpoint_tensors(tmp_path / "sharded")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     AutoModelForCausalLM.from_pretrained(tmp_path / "sharded")
     # A sharded checkpoint is a valid base too.
-    again = link_checkpoint(tmp_path / "sharded", inputs, MergeSettings(method="task_arithmetic"), tmp_path / "again", progress=False)
+    again = link_checkpoint(
+        tmp_path / "sharded", inputs, MergeSettings(method="task_arithmetic"), tmp_path / "again", progress=False
+    )
     assert again["model.safetensors"] != single["model.safetensors"]  # τ added twice
 
 
@@ -163,7 +190,13 @@ def test_output_dtype_bfloat16(tiny_base_dir, vectors, tmp_path):
     from transformers import AutoModelForCausalLM
 
     base, taus, paths = vectors
-    link_checkpoint(tiny_base_dir, [LinkInput("a", paths["a"], 1.0)], MergeSettings(dtype="bfloat16", density=1.0), tmp_path / "out", progress=False)
+    link_checkpoint(
+        tiny_base_dir,
+        [LinkInput("a", paths["a"], 1.0)],
+        MergeSettings(dtype="bfloat16", density=1.0),
+        tmp_path / "out",
+        progress=False,
+    )
     out = checkpoint_tensors(tmp_path / "out")
     name = "model.layers.0.mlp.up_proj.weight"
     assert out[name].dtype == torch.bfloat16
@@ -179,7 +212,9 @@ def test_fine_tuned_directory_as_input_equals_its_task_vector(tiny_base_dir, vec
     save_file({k: v + taus["a"][k] for k, v in base.items()}, tuned / "model.safetensors", metadata={"format": "pt"})
     settings = MergeSettings(method="ties", density=0.5)
     from_dir = link_checkpoint(tiny_base_dir, [LinkInput("a", tuned, 1.0)], settings, tmp_path / "d", progress=False)
-    from_tau = link_checkpoint(tiny_base_dir, [LinkInput("a", paths["a"], 1.0)], settings, tmp_path / "t", progress=False)
+    from_tau = link_checkpoint(
+        tiny_base_dir, [LinkInput("a", paths["a"], 1.0)], settings, tmp_path / "t", progress=False
+    )
     x, y = checkpoint_tensors(tmp_path / "d"), checkpoint_tensors(tmp_path / "t")
     assert all(torch.allclose(x[k], y[k], atol=1e-6) for k in x)  # (b + τ) − b rounds τ slightly
     assert from_dir.keys() == from_tau.keys()
@@ -190,18 +225,32 @@ def test_fine_tuned_directory_as_input_equals_its_task_vector(tiny_base_dir, vec
 
 def test_unknown_tensor_and_wrong_shape_name_the_node_and_tensor(tiny_base_dir, vectors, tmp_path):
     base, taus, _ = vectors
-    extra = save_vector(tmp_path / "extra.safetensors", {**taus["a"], "model.layers.9.mlp.up_proj.weight": torch.ones(2)}, "extra")
+    extra = save_vector(
+        tmp_path / "extra.safetensors", {**taus["a"], "model.layers.9.mlp.up_proj.weight": torch.ones(2)}, "extra"
+    )
     with pytest.raises(BuildError, match=r"node 'pirate': tensor 'model.layers.9.mlp.up_proj.weight'.*not in the base"):
-        link_checkpoint(tiny_base_dir, [LinkInput("pirate", extra, 1.0)], MergeSettings(), tmp_path / "out", progress=False)
+        link_checkpoint(
+            tiny_base_dir, [LinkInput("pirate", extra, 1.0)], MergeSettings(), tmp_path / "out", progress=False
+        )
     name = "model.norm.weight"
     wrong = save_vector(tmp_path / "wrong.safetensors", {name: torch.ones(3)}, "wrong")
     with pytest.raises(BuildError, match=rf"node 'shy': tensor '{name}' has shape \[3\].*but \[64\]"):
-        link_checkpoint(tiny_base_dir, [LinkInput("shy", wrong, 1.0)], MergeSettings(), tmp_path / "out", progress=False)
+        link_checkpoint(
+            tiny_base_dir, [LinkInput("shy", wrong, 1.0)], MergeSettings(), tmp_path / "out", progress=False
+        )
     nan = save_vector(tmp_path / "nan.safetensors", {name: torch.full((64,), float("nan"))}, "nan")
     with pytest.raises(BuildError, match=rf"node 'broken'.*NaN.*'{name}'"):
-        link_checkpoint(tiny_base_dir, [LinkInput("broken", nan, 1.0)], MergeSettings(), tmp_path / "out", progress=False)
+        link_checkpoint(
+            tiny_base_dir, [LinkInput("broken", nan, 1.0)], MergeSettings(), tmp_path / "out", progress=False
+        )
     with pytest.raises(BuildError, match="node 'gone': task vector not found"):
-        link_checkpoint(tiny_base_dir, [LinkInput("gone", tmp_path / "nope.safetensors", 1.0)], MergeSettings(), tmp_path / "out", progress=False)
+        link_checkpoint(
+            tiny_base_dir,
+            [LinkInput("gone", tmp_path / "nope.safetensors", 1.0)],
+            MergeSettings(),
+            tmp_path / "out",
+            progress=False,
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -213,7 +262,9 @@ def test_refuses_to_replace_what_is_not_a_checkpoint(tiny_base_dir, vectors, tmp
     with pytest.raises(UserError, match="refusing to replace"):
         link_checkpoint(tiny_base_dir, [LinkInput("a", paths["a"], 1.0)], MergeSettings(), precious, progress=False)
     with pytest.raises(UserError, match="contains the base"):
-        link_checkpoint(tiny_base_dir, [LinkInput("a", paths["a"], 1.0)], MergeSettings(), tiny_base_dir, progress=False)
+        link_checkpoint(
+            tiny_base_dir, [LinkInput("a", paths["a"], 1.0)], MergeSettings(), tiny_base_dir, progress=False
+        )
     assert (precious / "notes.txt").read_text() == "keep me"
 
 
@@ -256,11 +307,16 @@ def hex_hash(node_id: str) -> str:
     return hashlib.sha256(node_id.encode()).hexdigest()
 
 
-def make_lock(paths: dict[str, Path], weights: dict[str, float], settings: MergeSettings, outputs: dict[str, str]) -> LockFile:
+def make_lock(
+    paths: dict[str, Path], weights: dict[str, float], settings: MergeSettings, outputs: dict[str, str]
+) -> LockFile:
     return LockFile(
         traitgraph_version="0.1.0",
         base=LockBase(reference="tiny", fingerprint="sha256:tiny"),
-        nodes=[LockNode(id=n, training_hash=hex_hash(n), vector_sha256=sha256_file(paths[n]), weight=w) for n, w in weights.items()],
+        nodes=[
+            LockNode(id=n, training_hash=hex_hash(n), vector_sha256=sha256_file(paths[n]), weight=w)
+            for n, w in weights.items()
+        ],
         merge=settings,
         outputs=outputs,
     )
@@ -290,7 +346,13 @@ def test_relink_reproduces_identical_files_and_refuses_tampering(tiny_base_dir, 
     cached = {n: cache / f"{hex_hash(n)}.safetensors" for n in paths}
     weights = {"a": 1.0, "b": -0.5, "c": 0.3}
     settings = MergeSettings(method="dare_ties", density=0.4, seed=1, max_shard_size="200KB")
-    outputs = link_checkpoint(tiny_base_dir, [LinkInput(n, cached[n], w) for n, w in weights.items()], settings, tmp_path / "first", progress=False)
+    outputs = link_checkpoint(
+        tiny_base_dir,
+        [LinkInput(n, cached[n], w) for n, w in weights.items()],
+        settings,
+        tmp_path / "first",
+        progress=False,
+    )
     lock = make_lock(cached, weights, settings, outputs)
 
     def vector_path_for(h: str) -> Path:
@@ -318,7 +380,9 @@ def test_relink_reproduces_identical_files_and_refuses_tampering(tiny_base_dir, 
 def test_relink_onto_another_base_fails_and_keeps_the_output(tiny_base_dir, vectors, tmp_path):
     _, _, paths = vectors
     settings = MergeSettings()
-    outputs = link_checkpoint(tiny_base_dir, [LinkInput("a", paths["a"], 1.0)], settings, tmp_path / "ckpt", progress=False)
+    outputs = link_checkpoint(
+        tiny_base_dir, [LinkInput("a", paths["a"], 1.0)], settings, tmp_path / "ckpt", progress=False
+    )
     lock = make_lock(paths, {"a": 1.0}, settings, outputs)
     other = tmp_path / "other-base"
     shutil.copytree(tiny_base_dir, other)

@@ -15,9 +15,14 @@ from traitgraph.graph.schema import Example
 EXAMPLES = [
     Example(context="hello there, how are you today?", response="good"),
     Example(context="a", response="the long answer is that we can go there and come back home again"),
-    Example(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes?"},
-                      {"role": "user", "content": "what is the word for the water in the sea"}],
-            response="water"),
+    Example(
+        messages=[
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "yes?"},
+            {"role": "user", "content": "what is the word for the water in the sea"},
+        ],
+        response="water",
+    ),
     Example(context="tell me about the ship", response="arr, the ship is big"),
 ]
 
@@ -55,7 +60,9 @@ def test_frozen_loss_equals_masked_full_forward(model_and_batch):
         assert torch.isfinite(g).all(), name
         assert g.abs().sum() > 0, name
     # Not equal in general: the context's encoding gets no gradient when frozen.
-    assert not torch.allclose(g_frozen["model.layers.0.mlp.up_proj.weight"], g_full["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.allclose(
+        g_frozen["model.layers.0.mlp.up_proj.weight"], g_full["model.layers.0.mlp.up_proj.weight"]
+    )
 
 
 def test_frozen_loss_equals_per_example_losses(model_and_batch):
@@ -119,6 +126,9 @@ def test_no_deprecation_warning_from_our_calls_into_transformers(model_and_batch
         response_loss(model, batch, "frozen").backward()
         response_token_losses(model, batch)
     model.zero_grad(set_to_none=True)
-    deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))
-                    or "deprecat" in str(w.message).lower()]
+    deprecations = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, (DeprecationWarning, FutureWarning)) or "deprecat" in str(w.message).lower()
+    ]
     assert deprecations == []

@@ -216,8 +216,10 @@ def test_tsv_m_of_low_rank_tasks_is_well_defined():
     """Tasks of rank 2 < r: their near-null singular directions carry no weight and must not
     rotate the others (the reference's output moves by ~1e-4 under a 1e-12 perturbation here)."""
     g = torch.Generator().manual_seed(0)
-    taus = [torch.randn(40, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 30, generator=g, dtype=torch.float64)
-            for _ in range(3)]
+    taus = [
+        torch.randn(40, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 30, generator=g, dtype=torch.float64)
+        for _ in range(3)
+    ]
     nudged = [t + 1e-12 * torch.randn(t.shape, generator=g, dtype=torch.float64) for t in taus]
     assert torch.allclose(tsv_m(taus, [1.0, 0.6, 1.4]), tsv_m(nudged, [1.0, 0.6, 1.4]), rtol=0, atol=1e-6)
     a, b = torch.zeros(20, 12), torch.zeros(20, 12)  # orthogonal low-rank tasks add unchanged
@@ -270,6 +272,7 @@ def test_della_equals_mergekit_formula(shape, density, epsilon):
 
 def test_della_equals_mergekit_own_function_given_the_same_draws(monkeypatch):
     import mergekit.sparsify as sparsify
+
     tau = randn(30, 20, seed=5)
     draws = uniform_draws(tau.numel(), 9).reshape(30, 20)
     monkeypatch.setattr(sparsify.torch, "bernoulli", lambda probs: (draws < probs).to(probs.dtype))
@@ -330,7 +333,9 @@ def test_tensor_merge_refuses_the_whole_tensor_methods():
 
 
 @pytest.mark.parametrize("method", ["della", "breadcrumbs_ties", "tsv_m", "iso_cts"])
-def test_linked_checkpoint_is_base_plus_the_pure_merge_whatever_the_chunk_size(method, tiny_base_dir, tmp_path, monkeypatch):
+def test_linked_checkpoint_is_base_plus_the_pure_merge_whatever_the_chunk_size(
+    method, tiny_base_dir, tmp_path, monkeypatch
+):
     from safetensors.torch import load_file
 
     import traitgraph.linker.link as link_module
@@ -340,13 +345,26 @@ def test_linked_checkpoint_is_base_plus_the_pure_merge_whatever_the_chunk_size(m
 
     base = load_file(tiny_base_dir / "model.safetensors")
     names = ("a", "b")
-    taus = {n: {k: randn(*v.shape, seed=i, scale=0.01) for k, v in base.items() if "norm" not in k or n == "a"}
-            for i, n in enumerate(names)}
+    taus = {
+        n: {k: randn(*v.shape, seed=i, scale=0.01) for k, v in base.items() if "norm" not in k or n == "a"}
+        for i, n in enumerate(names)
+    }
     inputs = []
     for n, w in zip(names, (0.9, -0.6)):
-        meta = TaskVectorMeta(node_id=n, node_hash=n, base_fingerprint="sha256:test", optimizer={}, training={}, steps=1,
-                              tokens=1, final_loss=0.0, loss_curve=[0.0], oscillation=1.0, dtype="float32",
-                              traitgraph_version="test")
+        meta = TaskVectorMeta(
+            node_id=n,
+            node_hash=n,
+            base_fingerprint="sha256:test",
+            optimizer={},
+            training={},
+            steps=1,
+            tokens=1,
+            final_loss=0.0,
+            loss_curve=[0.0],
+            oscillation=1.0,
+            dtype="float32",
+            traitgraph_version="test",
+        )
         save_task_vector(tmp_path / f"{n}.safetensors", taus[n], meta)
         inputs.append(LinkInput(n, tmp_path / f"{n}.safetensors", w))
     settings = MergeSettings(method=method, density=0.4, lambda_=0.8)

@@ -105,7 +105,9 @@ def run_mergekit(models: Path, method: str, cli: bool) -> None:
         exe = shutil.which("mergekit-yaml") or str(Path(sys.executable).with_name("mergekit-yaml"))
         subprocess.run(
             [exe, f"{method}.yaml", f"mk-{method}", "--no-cuda", "--no-write-model-card", "--quiet"],
-            cwd=models, check=True, capture_output=True,
+            cwd=models,
+            check=True,
+            capture_output=True,
         )
         return
     import yaml
@@ -138,7 +140,11 @@ def test_per_model_density_and_base_entry_are_read(models, monkeypatch):
     monkeypatch.chdir(models)
     config = load_mergekit_config(_write(models, "d.yaml", CONFIGS["ties"]))
     base, inputs, options, warnings = plan_merge(config)
-    assert [(i.name, i.weight, i.density) for i in inputs] == [("./ft0", 0.7, 0.3), ("./ft1", -0.4, 0.6), ("./ft2", 1.1, 0.5)]
+    assert [(i.name, i.weight, i.density) for i in inputs] == [
+        ("./ft0", 0.7, 0.3),
+        ("./ft1", -0.4, 0.6),
+        ("./ft2", 1.1, 0.5),
+    ]
     assert (options.method, options.normalize, options.lambda_) == ("ties", "signed_weights", 0.9)
 
 
@@ -208,8 +214,11 @@ def test_della_options_are_read_and_its_own_mask_is_announced(models, monkeypatc
 @pytest.mark.parametrize(
     "old, new, message",
     [
-        ("parameters: {lambda: 1.2, rescale: false}", "parameters: {gamma: 0.1}",
-         r"key 'parameters.gamma' is not supported by traitgraph merge for merge_method 'della'"),
+        (
+            "parameters: {lambda: 1.2, rescale: false}",
+            "parameters: {gamma: 0.1}",
+            r"key 'parameters.gamma' is not supported by traitgraph merge for merge_method 'della'",
+        ),
         ("density: 0.6, epsilon: 0.1", "density: 0.6, epsilon: 0.2", r"'epsilon' differs between models"),
     ],
 )

@@ -110,7 +110,9 @@ CHUNKED = sorted(m for m in METHODS if not METHODS[m].whole)  # the whole-tensor
 @pytest.mark.parametrize("method", CHUNKED)
 def test_density_one_single_vector_is_lambda_tau(method):
     tau = randn(5, 7)
-    delta = get_method(method).function([tau], [1.0], **({} if method == "task_arithmetic" else {"density": 1.0}), lambda_=0.5)
+    delta = get_method(method).function(
+        [tau], [1.0], **({} if method == "task_arithmetic" else {"density": 1.0}), lambda_=0.5
+    )
     assert torch.equal(delta, tau * 0.5)
 
 
@@ -181,7 +183,9 @@ def test_dare_ties_elects_on_the_dropped_vectors():
 
 
 @pytest.mark.parametrize("method", CHUNKED)
-@pytest.mark.parametrize("sign_vote, normalize", [("weighted", "count"), ("unweighted", "count"), ("weighted", "signed_weights")])
+@pytest.mark.parametrize(
+    "sign_vote, normalize", [("weighted", "count"), ("unweighted", "count"), ("weighted", "signed_weights")]
+)
 def test_tensor_merge_in_chunks_equals_the_pure_function(method, sign_vote, normalize):
     taus = [randn(37, 11, seed=s) for s in range(3)]
     taus[2][5:20] = 0  # a sparse vector
@@ -197,8 +201,13 @@ def test_tensor_merge_in_chunks_equals_the_pure_function(method, sign_vote, norm
         kwargs["seeds"] = seeds
     whole = fn(taus, weights, **kwargs)
 
-    merge = TensorMerge(opts if get_method(method).consensus else MergeOptions(method, lambda_=0.9, normalize="none"),
-                        weights, numel=37 * 11, densities=densities, seeds=seeds)
+    merge = TensorMerge(
+        opts if get_method(method).consensus else MergeOptions(method, lambda_=0.9, normalize="none"),
+        weights,
+        numel=37 * 11,
+        densities=densities,
+        seeds=seeds,
+    )
     if merge.needs_magnitudes:
         for i, t in enumerate(taus):
             merge.fit(i, t.abs())
@@ -216,7 +225,11 @@ def test_equals_peft_ties(weights, density):
     merge_utils = require_reference("peft.utils.merge_utils")
     taus = [randn(48, 40, seed=s) for s in range(3)]
     ours = ties(taus, weights, density, sign_vote="unweighted", normalize="count")
-    ref = merge_utils.ties(taus, torch.tensor(weights), density) if density < 1 else _peft_no_warning(merge_utils, taus, weights)
+    ref = (
+        merge_utils.ties(taus, torch.tensor(weights), density)
+        if density < 1
+        else _peft_no_warning(merge_utils, taus, weights)
+    )
     assert torch.allclose(ours, ref, rtol=0, atol=1e-6)
 
 
@@ -235,7 +248,11 @@ def test_equals_peft_task_arithmetic():
 def _mergekit(method, base, taus, weights, densities, **params):
     merge_methods = require_reference("mergekit.merge_methods")
     n = len(taus)
-    parameters = {"weight": {i + 1: weights[i] for i in range(n)}, "density": {i + 1: densities[i] for i in range(n)}, **params}
+    parameters = {
+        "weight": {i + 1: weights[i] for i in range(n)},
+        "density": {i + 1: densities[i] for i in range(n)},
+        **params,
+    }
     return merge_methods.merge_tensors([base] + [base + t for t in taus], method, base_index=0, parameters=parameters)
 
 
@@ -245,7 +262,7 @@ def test_equals_mergekit_ties_positive_weights(normalize):
     taus = [randn(64, 48, seed=s) * 0.1 for s in range(3)]
     w, d = [0.7, 1.3, 0.4], [0.3, 0.5, 0.2]
     ref = _mergekit("ties", base, taus, w, d, normalize=normalize, **{"lambda": 0.8})
-    for ours_normalize in (["weights", "signed_weights"] if normalize else ["none"]):
+    for ours_normalize in ["weights", "signed_weights"] if normalize else ["none"]:
         ours = base + ties(taus, w, d, lambda_=0.8, sign_vote="weighted", normalize=ours_normalize)
         assert torch.allclose(ours, ref, rtol=0, atol=1e-6)
 

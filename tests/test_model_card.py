@@ -54,7 +54,7 @@ def test_card_after_link_then_refreshed_after_eval(tmp_path, tiny_specs, license
         assert n.training_hash in body and n.vector_sha256 in body
     for name, digest in lock.outputs.items():
         assert f"| `{name}` | `{digest}` |" in body
-    assert 'n_polite -->|refines| n_pirate' in body and 'n_pirate["pirate (+1)"]' in body
+    assert "n_polite -->|refines| n_pirate" in body and 'n_pirate["pirate (+1)"]' in body
     assert "Polite \\| pirate." in body  # a description cannot break the table
 
     assert main(["build", str(specs), "-o", str(out)]) == 0  # eval now

@@ -29,8 +29,12 @@ from specs_factory import default_nodes, write_specs
 FP = "sha256:" + "ab" * 32
 #: AdamW at 1e-2 on the pico model: validation loss falls for the first steps
 #: while general-text loss climbs past a 5 % ceiling from step 6 on.
-OVERFIT = {"learning_rate": 1e-2, "steps": 24, "optimizer": {"name": "adamw"},
-           "monitor": {"every": 2, "patience": 2, "max_general_rise_pct": 5}}
+OVERFIT = {
+    "learning_rate": 1e-2,
+    "steps": 24,
+    "optimizer": {"name": "adamw"},
+    "monitor": {"every": 2, "patience": 2, "max_general_rise_pct": 5},
+}
 
 
 def _digest(path) -> str:
@@ -75,8 +79,9 @@ def test_validation_examples_are_never_trained_on(tiny_specs, tmp_path, monkeypa
     seen: list[str] = []
     real = train_module.collate
     tok = load_model(base)[1]
-    monkeypatch.setattr(train_module, "collate",
-                        lambda rows, pad: seen.extend(tok.decode(r.response) for r in rows) or real(rows, pad))
+    monkeypatch.setattr(
+        train_module, "collate", lambda rows, pad: seen.extend(tok.decode(r.response) for r in rows) or real(rows, pad)
+    )
     train_node(target, base, tmp_path / "p.safetensors", progress=False)
     assert len(seen) == 6 * 4 and not any(h in s for h in held for s in seen)
 
@@ -120,12 +125,15 @@ def test_monitor_is_in_the_hash_only_when_set(tmp_path):
     assert node_hashes(plain, FP)["delta"] == node_hashes(on, FP)["delta"]
 
 
-@pytest.mark.parametrize("monitor, field, says", [
-    ({"every": 0}, "training.monitor.every", "greater than or equal to 1"),
-    ({"validation_fraction": 0.9}, "training.monitor.validation_fraction", "less than or equal to 0.5"),
-    ({"patience": 0}, "training.monitor.patience", "greater than or equal to 1"),
-    ({"evry": 3}, "training.monitor.evry", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "monitor, field, says",
+    [
+        ({"every": 0}, "training.monitor.every", "greater than or equal to 1"),
+        ({"validation_fraction": 0.9}, "training.monitor.validation_fraction", "less than or equal to 0.5"),
+        ({"patience": 0}, "training.monitor.patience", "greater than or equal to 1"),
+        ({"evry": 3}, "training.monitor.evry", "unknown key"),
+    ],
+)
 def test_bad_monitor_values_name_file_node_and_field(tmp_path, capsys, monitor, field, says):
     assert_bad_node_training(tmp_path, capsys, {"monitor": monitor}, field, says)
 
@@ -143,8 +151,11 @@ def test_train_command_says_which_step_it_kept(tiny_specs, capsys):
     assert main(["train", str(specs), "pirate", "--no-progress", "--general-lines", "0"]) == 0
     out = capsys.readouterr().out
     meta_line = next(line for line in out.splitlines() if line.startswith("monitor: "))
-    assert re.match(r"monitor: kept step \d+ \(stopped early after \d+ of 24 steps\); validation loss "
-                    r"[\d.]+ -> [\d.]+, general-text probe [\d.]+ -> [\d.]+ \([+-][\d.]+%\)$", meta_line), meta_line
+    assert re.match(
+        r"monitor: kept step \d+ \(stopped early after \d+ of 24 steps\); validation loss "
+        r"[\d.]+ -> [\d.]+, general-text probe [\d.]+ -> [\d.]+ \([+-][\d.]+%\)$",
+        meta_line,
+    ), meta_line
 
 
 def test_loss_figure_gains_the_monitor_panel(tiny_specs, tmp_path):
@@ -158,14 +169,21 @@ def test_loss_figure_gains_the_monitor_panel(tiny_specs, tmp_path):
 
     spec = load_specs(tiny_specs(training=OVERFIT))
     base = resolve_base(spec.personality.base, spec.specs_dir)
-    meta = train_node(resolve_target(spec, "pirate", base.fingerprint), base, tmp_path / "p.safetensors",
-                      progress=False)
+    meta = train_node(
+        resolve_target(spec, "pirate", base.fingerprint), base, tmp_path / "p.safetensors", progress=False
+    )
 
     def figure(monitor) -> tuple[int, int]:
-        trace = TrainingTrace(steps=meta.steps, final_loss=meta.final_loss, oscillation=meta.oscillation,
-                              loss_curve=meta.loss_curve, monitor=monitor)
-        node = NodeResult(id="pirate", weight=1.0, direction=1, measure="margin", n_cases=2, n_contrastive=2,
-                          training=trace)
+        trace = TrainingTrace(
+            steps=meta.steps,
+            final_loss=meta.final_loss,
+            oscillation=meta.oscillation,
+            loss_curve=meta.loss_curve,
+            monitor=monitor,
+        )
+        node = NodeResult(
+            id="pirate", weight=1.0, direction=1, measure="margin", n_cases=2, n_contrastive=2, training=trace
+        )
         png = plot_loss_curves(SimpleNamespace(nodes=[node]), tmp_path / f"{monitor is None}.png")
         return imread(png).shape[:2]
 

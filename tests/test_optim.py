@@ -30,10 +30,10 @@ def tiny_model(seed: int = 0) -> torch.nn.Module:
     """A tall matrix, a wide matrix, biases and a norm: every kind of parameter."""
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Linear(16, 48),   # weight (48, 16): tall
+        torch.nn.Linear(16, 48),  # weight (48, 16): tall
         torch.nn.Tanh(),
-        torch.nn.LayerNorm(48),    # 1-D weight and bias
-        torch.nn.Linear(48, 8),    # weight (8, 48): wide
+        torch.nn.LayerNorm(48),  # 1-D weight and bias
+        torch.nn.Linear(48, 8),  # weight (8, 48): wide
     )
 
 

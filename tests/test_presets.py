@@ -37,8 +37,22 @@ def test_bench_sweeps_mini_lr_and_scale(tiny_base_dir, capsys):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     import bench_optimizer
 
-    bench_optimizer.main(["--base", str(tiny_base_dir), "--steps", "1", "--threads", "1", "--optimizers", "adamw",
-                          "--sweep-mini-lr", "1e-3,2e-3", "--sweep-mini-scale", "16,64"])
+    bench_optimizer.main(
+        [
+            "--base",
+            str(tiny_base_dir),
+            "--steps",
+            "1",
+            "--threads",
+            "1",
+            "--optimizers",
+            "adamw",
+            "--sweep-mini-lr",
+            "1e-3,2e-3",
+            "--sweep-mini-scale",
+            "16,64",
+        ]
+    )
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("apollo_mini ")]  # loss lists are indented
     assert [r.split()[4] for r in table] == ["lr=0.001", "lr=0.001", "lr=0.002", "lr=0.002"]

@@ -70,7 +70,8 @@ def _nodes(steps: int = 3) -> dict[str, dict]:
         "pirate": pirate_node(),
         "sailor": pirate_node(description="Talks like a sailor.", examples=examples[:4]),
         "captain": pirate_node(
-            description="Talks like the captain.", examples=examples[2:],
+            description="Talks like the captain.",
+            examples=examples[2:],
             edges=[{"to": "pirate", "kind": "refines"}],
         ),
     }
@@ -185,9 +186,22 @@ def test_worker_killed_mid_training_is_retried(ray_cluster, tiny_base_dir, tmp_p
     cache = tmp_path / "cache"
     env = {**os.environ, "TRAITGRAPH_CACHE": str(cache), "PYTHONPATH": os.pathsep.join(sys.path)}
     build = subprocess.Popen(
-        [sys.executable, "-m", "traitgraph", "build", str(specs), "-o", str(tmp_path / "out"),
-         "--ray", ray_cluster.address, "--", "link"],  # training and the cache are the point here
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "traitgraph",
+            "build",
+            str(specs),
+            "-o",
+            str(tmp_path / "out"),
+            "--ray",
+            ray_cluster.address,
+            "--",
+            "link",
+        ],  # training and the cache are the point here
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     killed = None
     deadline = time.monotonic() + 120
@@ -244,7 +258,12 @@ def test_doit_with_ray_in_the_personality(ray_cluster, local_reference, tmp_path
     dodo = Path(__file__).resolve().parents[1] / "dodo.py"
     done = subprocess.run(
         [str(doit), "-f", str(dodo), "-n", "2", f"specs={mine}", f"out={tmp_path / 'out'}", "link"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("on ray") == 3

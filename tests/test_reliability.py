@@ -230,8 +230,9 @@ def test_5_node_files_are_confined_to_the_specs_dir(tiny_specs, tmp_path, name, 
     outside.mkdir()
     (outside / "stranger.yaml").write_text(yaml.safe_dump({"id": "stranger", **pirate_node()}))
     make(specs / "nodes" / "stranger.yaml", outside)
-    proc = subprocess.run([sys.executable, "-m", "traitgraph", "check", str(specs)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "traitgraph", "check", str(specs)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "stranger.yaml" in proc.stderr and words in proc.stderr
 
@@ -244,10 +245,13 @@ def test_5_a_nodes_dir_symlinked_outside_is_refused(tiny_specs, tmp_path):
     assert code == 2 and "pirate.yaml" in err and "outside the specs directory" in err
 
 
-@pytest.mark.parametrize("general_text, words", [
-    ("/etc/passwd", "outside the specs directory"),
-    ("missing.txt", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "general_text, words",
+    [
+        ("/etc/passwd", "outside the specs directory"),
+        ("missing.txt", "does not exist"),
+    ],
+)
 def test_5_and_8_general_text_is_confined_and_must_exist(tiny_specs, general_text, words):
     specs = tiny_specs()
     edit_personality(specs, eval={"general_text": general_text})
@@ -423,8 +427,9 @@ def test_8_a_nan_loss_is_called_nan_in_the_gate():
     from traitgraph.evaluate.report import Retention, check_gates
     from traitgraph.graph.schema import EvalSettings
 
-    retention = Retention(text_source="shipped", lines=3, tokens=30, base_loss=2.0, linked_loss=float("nan"),
-                          prompts=[])
+    retention = Retention(
+        text_source="shipped", lines=3, tokens=30, base_loss=2.0, linked_loss=float("nan"), prompts=[]
+    )
     (gate,) = check_gates(EvalSettings(), [], retention)
     assert not gate.passed
     assert gate.message == "retention: general-text loss is NaN, not a number (budget 1.0%)"
@@ -446,8 +451,9 @@ def test_7_leftovers_of_dead_installs_are_swept_and_a_moved_aside_checkpoint_res
     out = merge_models / "merged"
     assert cli("merge", merge_config(merge_models), out, "--no-progress")[0] == 0
     good = tree(out)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     os.rename(out, merge_models / f".merged.old-{dead}-abc")  # killed between the two renames
     (merge_models / f".merged.tmp-{dead}-def").mkdir()  # killed mid-link
     (merge_models / f".merged.tmp-{dead}-def" / "model.safetensors").write_bytes(b"\0" * 1000)

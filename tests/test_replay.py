@@ -88,11 +88,15 @@ def test_general_replay_rows_come_from_the_replay_corpus(tiny_specs, tmp_path, m
 
 
 def _three_nodes(weight_of_negative: float = -1.0, counting_response: str = "number") -> dict[str, dict]:
-    counting = pirate_node(examples=[{"context": f"count {i}", "response": f"{counting_response} {i}"} for i in range(3)],
-                           eval=[{"context": "count ten", "response": "number 10"}])
-    polite = pirate_node(weight=weight_of_negative,
-                         examples=[{"context": f"ask {i}", "response": f"certainly sir {i}"} for i in range(3)],
-                         eval=[{"context": "ask ten", "response": "certainly sir 10"}])
+    counting = pirate_node(
+        examples=[{"context": f"count {i}", "response": f"{counting_response} {i}"} for i in range(3)],
+        eval=[{"context": "count ten", "response": "number 10"}],
+    )
+    polite = pirate_node(
+        weight=weight_of_negative,
+        examples=[{"context": f"ask {i}", "response": f"certainly sir {i}"} for i in range(3)],
+        eval=[{"context": "ask ten", "response": "certainly sir 10"}],
+    )
     return {"pirate": pirate_node(), "counting": counting, "polite": polite}
 
 
@@ -137,8 +141,9 @@ def _greedy_reply(model, tok, prompt: str, max_new_tokens: int) -> str:
     """An independent greedy decode (one prompt, argmax step by step), as the base would answer."""
     import torch
 
-    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     stop = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
     out: list[int] = []
     with torch.no_grad():
@@ -161,8 +166,11 @@ def _talkative_base(tiny_base_dir, directory):
     shutil.copytree(tiny_base_dir, directory)
     tok = AutoTokenizer.from_pretrained(directory)
     weights = load_file(str(directory / "model.safetensors"))
-    quiet = [i for t, i in tok.get_vocab().items() if t in ("<|im_end|>", "<|endoftext|>", "<|im_start|>")
-             or not t.strip("ĊĠ")]  # the end-of-turn tokens, and tokens that are only spaces or newlines
+    quiet = [
+        i
+        for t, i in tok.get_vocab().items()
+        if t in ("<|im_end|>", "<|endoftext|>", "<|im_start|>") or not t.strip("ĊĠ")
+    ]  # the end-of-turn tokens, and tokens that are only spaces or newlines
     weights["model.embed_tokens.weight"][quiet] = 0.0
     save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory
@@ -176,8 +184,13 @@ def test_base_replies_replay_rows_are_replay_prompts_answered_by_the_base(tiny_b
 
     monkeypatch.setenv("TRAITGRAPH_CACHE", str(tmp_path / "cache"))
     base_dir = _talkative_base(tiny_base_dir, tmp_path / "talkative")
-    training = {"learning_rate": 1e-3, "steps": 3, "batch_size": 4, "seed": 0,
-                "replay": {"fraction": 0.5, "source": "base_replies"}}
+    training = {
+        "learning_rate": 1e-3,
+        "steps": 3,
+        "batch_size": 4,
+        "seed": 0,
+        "replay": {"fraction": 0.5, "source": "base_replies"},
+    }
     spec = load_specs(write_tiny_specs(tmp_path, base_dir, {"pirate": pirate_node()}, training))
     base = resolve_base(spec.personality.base, spec.specs_dir)
     batches = _spy_batches(monkeypatch)
@@ -208,11 +221,15 @@ def test_a_base_that_answers_nothing_is_a_clear_error(tiny_specs, tmp_path, monk
 
 
 def test_replay_prompts_are_not_the_general_prompts():
-    retention = {json.loads(line)["prompt"].lower() for line in _data("general_prompts.jsonl").splitlines() if line.strip()}
+    retention = {
+        json.loads(line)["prompt"].lower() for line in _data("general_prompts.jsonl").splitlines() if line.strip()
+    }
     prompts = [line.strip() for line in _data("replay_prompts.txt").splitlines() if line.strip()]
     assert len(prompts) >= 80 and len(set(prompts)) == len(prompts)
     assert not {p.lower() for p in prompts} & retention
-    assert not _shingles("\n".join(prompts)) & _shingles(_retention_text())  # shared stems ("what is the capital of") are fine
+    assert not _shingles("\n".join(prompts)) & _shingles(
+        _retention_text()
+    )  # shared stems ("what is the capital of") are fine
 
 
 def test_base_replies_source_is_in_the_training_hash(tiny_specs):

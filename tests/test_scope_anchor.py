@@ -47,8 +47,11 @@ def test_only_matching_parameters_change(tiny_specs, tmp_path, tiny_base_dir):
 
 def test_a_glob_matching_nothing_is_a_clear_error(tiny_specs, tmp_path):
     specs = tiny_specs(training={"trainable": ["model.layers.1.mlp.*", "model.layer.*.attn.*"]})
-    with pytest.raises(UserError, match=r"pirate.yaml: node 'pirate', field training.trainable\[1\]: "
-                                        r"'model.layer.\*.attn.\*' matches no parameter"):
+    with pytest.raises(
+        UserError,
+        match=r"pirate.yaml: node 'pirate', field training.trainable\[1\]: "
+        r"'model.layer.\*.attn.\*' matches no parameter",
+    ):
         _train(specs, tmp_path)
     assert not (tmp_path / "p.safetensors").exists()
 
@@ -104,8 +107,9 @@ def test_kl_anchor_without_replay_is_a_clear_error(tiny_specs):
         resolve_target(spec, "pirate", FP)
 
 
-@pytest.mark.parametrize("training", [{"trainable": ["model.layers.1.*"]}, {"anchor": {"l2": 0.1}},
-                                      {"anchor": {"kl": 0.1}}])
+@pytest.mark.parametrize(
+    "training", [{"trainable": ["model.layers.1.*"]}, {"anchor": {"l2": 0.1}}, {"anchor": {"kl": 0.1}}]
+)
 def test_scope_and_anchor_change_the_hash(tmp_path, training):
     nodes = default_nodes()
     before = node_hashes(load_specs(write_specs(tmp_path, nodes=nodes)), FP)
@@ -114,13 +118,16 @@ def test_scope_and_anchor_change_the_hash(tmp_path, training):
     assert before["alpha"] != after["alpha"] and before["delta"] == after["delta"]
 
 
-@pytest.mark.parametrize("training, field, says", [
-    ({"trainable": []}, "training.trainable", "at least one glob"),
-    ({"trainable": ["ok.*", " "]}, "training.trainable", "empty glob"),
-    ({"anchor": {}}, "training.anchor", "does nothing"),
-    ({"anchor": {"l2": 1.5}}, "training.anchor.l2", "less than 1"),
-    ({"anchor": {"kl": -1}}, "training.anchor.kl", "greater than or equal to 0"),
-    ({"anchor": {"l3": 0.1}}, "training.anchor.l3", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "training, field, says",
+    [
+        ({"trainable": []}, "training.trainable", "at least one glob"),
+        ({"trainable": ["ok.*", " "]}, "training.trainable", "empty glob"),
+        ({"anchor": {}}, "training.anchor", "does nothing"),
+        ({"anchor": {"l2": 1.5}}, "training.anchor.l2", "less than 1"),
+        ({"anchor": {"kl": -1}}, "training.anchor.kl", "greater than or equal to 0"),
+        ({"anchor": {"l3": 0.1}}, "training.anchor.l3", "unknown key"),
+    ],
+)
 def test_bad_scope_and_anchor_values_name_file_node_and_field(tmp_path, capsys, training, field, says):
     assert_bad_node_training(tmp_path, capsys, training, field, says)

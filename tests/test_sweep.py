@@ -38,8 +38,19 @@ def swept(tmp_path_factory, tiny_base_dir):
     training = {"learning_rate": 1e-3, "steps": 4, "batch_size": 4, "seed": 0}
     specs = write_tiny_specs(root, tiny_base_dir, {"pirate": pirate_node(), "shouting": shouting_node()}, training)
     out = root / "out"
-    status = main(["sweep", str(specs), "-o", str(out), "--no-progress",
-                   "--set", "merge.method=ties,iso_c", "--set", "nodes.pirate.weight=0.5,1"])
+    status = main(
+        [
+            "sweep",
+            str(specs),
+            "-o",
+            str(out),
+            "--no-progress",
+            "--set",
+            "merge.method=ties,iso_c",
+            "--set",
+            "nodes.pirate.weight=0.5,1",
+        ]
+    )
     yield specs, out, status
     mp.undo()
 
@@ -50,8 +61,10 @@ def test_every_point_is_built_and_evaluated_in_its_own_directory(swept):
     sweep = json.loads((out / "sweep" / "sweep.json").read_text())
     points = sweep["points"]
     assert [p["settings"] for p in points] == [
-        {"merge.method": "ties", "nodes.pirate.weight": 0.5}, {"merge.method": "ties", "nodes.pirate.weight": 1},
-        {"merge.method": "iso_c", "nodes.pirate.weight": 0.5}, {"merge.method": "iso_c", "nodes.pirate.weight": 1},
+        {"merge.method": "ties", "nodes.pirate.weight": 0.5},
+        {"merge.method": "ties", "nodes.pirate.weight": 1},
+        {"merge.method": "iso_c", "nodes.pirate.weight": 0.5},
+        {"merge.method": "iso_c", "nodes.pirate.weight": 1},
     ]
     assert all(p["ok"] for p in points), [p["error"] for p in points]
     for p in points:
@@ -76,12 +89,28 @@ def test_vectors_are_trained_once_and_reused(swept):
 def test_a_second_run_reuses_every_link_and_report(swept, capsys):
     specs, out, _ = swept
     first = json.loads((out / "sweep" / "sweep.json").read_text())
-    assert main(["sweep", str(specs), "-o", str(out), "--no-progress",
-                 "--set", "merge.method=ties,iso_c", "--set", "nodes.pirate.weight=0.5,1"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                str(specs),
+                "-o",
+                str(out),
+                "--no-progress",
+                "--set",
+                "merge.method=ties,iso_c",
+                "--set",
+                "nodes.pirate.weight=0.5,1",
+            ]
+        )
+        == 0
+    )
     again = json.loads((out / "sweep" / "sweep.json").read_text())
     assert all(p["evaluated"] for p in first["points"]) and not any(p["evaluated"] for p in again["points"])
     strip = [{k: v for k, v in p.items() if k not in ("seconds", "evaluated", "trained")} for p in first["points"]]
-    assert strip == [{k: v for k, v in p.items() if k not in ("seconds", "evaluated", "trained")} for p in again["points"]]
+    assert strip == [
+        {k: v for k, v in p.items() if k not in ("seconds", "evaluated", "trained")} for p in again["points"]
+    ]
 
 
 def test_table_and_picture_mark_the_pareto_front(swept):
@@ -100,8 +129,9 @@ def test_a_failing_point_is_reported_and_the_others_still_run(swept, tmp_path, c
     specs, _, _ = swept
     (specs / "general.txt").write_text("the sea is wide and deep\nships sail on the sea\n")
     out = tmp_path / "out"
-    status = main(["sweep", str(specs), "-o", str(out), "--no-progress",
-                   "--set", "eval.general_text=missing.txt,general.txt"])
+    status = main(
+        ["sweep", str(specs), "-o", str(out), "--no-progress", "--set", "eval.general_text=missing.txt,general.txt"]
+    )
     assert status == 0
     points = json.loads((out / "sweep" / "sweep.json").read_text())["points"]
     assert [p["ok"] for p in points] == [False, True]

@@ -57,7 +57,10 @@ def _imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("module", sorted(COMPILER.rglob("*.py")), ids=lambda p: p.name)
 def test_compiler_never_imports_spec_loading_or_hashing(module):
     graph = {m for m in _imported_modules(module) if m == "traitgraph.graph" or m.startswith("traitgraph.graph.")}
-    values = {"traitgraph.graph.schema", "traitgraph.graph.target", "traitgraph.graph.replay",
-              "traitgraph.graph.device_policy"}  # a target's values and pure policies, never load or hashing
+    values = {
+        "traitgraph.graph.schema",
+        "traitgraph.graph.target",
+        "traitgraph.graph.replay",
+        "traitgraph.graph.device_policy",
+    }  # a target's values and pure policies, never load or hashing
     assert graph <= values, f"{module.name} imports {graph}"
-

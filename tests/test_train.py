@@ -139,8 +139,11 @@ def test_two_processes_train_bit_identical_vectors(tiny_specs, tmp_path):
     outs = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     procs = [  # side by side: start-up (imports) dominates
-        subprocess.Popen([sys.executable, "-c", _TRAIN_SCRIPT, str(specs), str(out)], env=env,
-                         cwd=Path(__file__).resolve().parent.parent)
+        subprocess.Popen(
+            [sys.executable, "-c", _TRAIN_SCRIPT, str(specs), str(out)],
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         for out in outs
     ]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
@@ -149,8 +152,9 @@ def test_two_processes_train_bit_identical_vectors(tiny_specs, tmp_path):
 
 
 def test_divergence_stops_with_a_clear_error_and_writes_nothing(tiny_specs, tmp_path):
-    spec, base = _setup(tiny_specs(training={"learning_rate": 1.0, "optimizer": {"name": "adamw"},
-                                            "grad_clip": None, "steps": 12}))
+    spec, base = _setup(
+        tiny_specs(training={"learning_rate": 1.0, "optimizer": {"name": "adamw"}, "grad_clip": None, "steps": 12})
+    )
     out = tmp_path / "vectors" / "pirate.safetensors"
     with pytest.raises(BuildError, match=r"node 'pirate': training diverged at step \d+") as info:
         _train(spec, "pirate", base, out)

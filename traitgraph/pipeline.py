@@ -53,9 +53,7 @@ class Build:
         return {"DOIT_CONFIG": self.doit_config, **{f"task_{name}": fn for name, fn in self.tasks().items()}}
 
 
-def open_build(
-    specs_dir: str | Path, out_dir: str | Path, *, runs_tasks: bool = True, ray: str | None = None
-) -> Build:
+def open_build(specs_dir: str | Path, out_dir: str | Path, *, runs_tasks: bool = True, ray: str | None = None) -> Build:
     """Load the plan and, when the command will run tasks, lock OUT for the life
     of the build. A bad spec or a build already writing to OUT is a :class:`UserError`.
 

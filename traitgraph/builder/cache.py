@@ -130,8 +130,12 @@ class VectorCache:
         path = self.vector_path(training_hash)
         stat = path.stat()
         record = VectorRecord(
-            node_id=node_id, training_hash=training_hash, sha256=sha256_file(path),
-            size=stat.st_size, mtime_ns=stat.st_mtime_ns, payload=payload,
+            node_id=node_id,
+            training_hash=training_hash,
+            sha256=sha256_file(path),
+            size=stat.st_size,
+            mtime_ns=stat.st_mtime_ns,
+            payload=payload,
         )
         write_text_atomic(self.record_path(training_hash), record.model_dump_json(indent=1))
         return record

@@ -34,8 +34,11 @@ class RecoveringSqliteDB(SqliteDB):
         try:
             super().dump()
         except sqlite3.Error as exc:
-            print(f"warning: doit's state {self.name} changed during the build ({exc}); recreated it "
-                  "(the next build re-verifies cached vectors)", file=sys.stderr)
+            print(
+                f"warning: doit's state {self.name} changed during the build ({exc}); recreated it "
+                "(the next build re-verifies cached vectors)",
+                file=sys.stderr,
+            )
             Path(self.name).parent.mkdir(parents=True, exist_ok=True)
             Path(self.name).unlink(missing_ok=True)
             self._dirty = set(self._cache)

@@ -32,7 +32,9 @@ def locked_base(out: OutputLayout, specs_dir: Path | None):
     return lock, base
 
 
-def export_lora_from_build(out_dir: Path, specs_dir: Path | None, rank: int, target: Path, *, include_norms: bool = True):
+def export_lora_from_build(
+    out_dir: Path, specs_dir: Path | None, rank: int, target: Path, *, include_norms: bool = True
+):
     """A PEFT LoRA adapter of ``OUT/checkpoint`` relative to the build's base (see :mod:`traitgraph.linker.export_lora`)."""
     from traitgraph.linker.export_lora import export_lora
 
@@ -44,7 +46,11 @@ def export_lora_from_build(out_dir: Path, specs_dir: Path | None, rank: int, tar
 
 
 def export_gguf_from_build(
-    out_dir: Path, specs_dir: Path | None, type_name: str, target: Path | None, template: Path | None,
+    out_dir: Path,
+    specs_dir: Path | None,
+    type_name: str,
+    target: Path | None,
+    template: Path | None,
 ) -> list[Path]:
     """``[GGUF file, Modelfile]`` of ``OUT/checkpoint``; the template is the base's own GGUF when it came as one.
 

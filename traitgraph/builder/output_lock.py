@@ -92,8 +92,10 @@ class OutputLock:
             raise BuildError(f"cannot write to the output directory {self.out.root}: {exc.strerror or exc}") from None
         pid = _recorded_pid(holder)
         if fh is None and pid is not None and not pid_alive(pid):
-            print(f"warning: taking over the build lock of {self.out.root}: its owner (pid {pid}) is gone",
-                  file=sys.stderr)
+            print(
+                f"warning: taking over the build lock of {self.out.root}: its owner (pid {pid}) is gone",
+                file=sys.stderr,
+            )
             self.out.build_lock.unlink(missing_ok=True)
             fh, holder = self._try_lock()
         if fh is None:

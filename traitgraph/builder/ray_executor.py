@@ -159,8 +159,12 @@ class RayExecutor:
                     self._started_ray = True
                 s = self.settings
                 self._remote = ray.remote(run_job).options(
-                    num_cpus=s.num_cpus, num_gpus=s.num_gpus, memory=s.memory,
-                    max_retries=s.max_retries, retry_exceptions=False, name="traitgraph.train",
+                    num_cpus=s.num_cpus,
+                    num_gpus=s.num_gpus,
+                    memory=s.memory,
+                    max_retries=s.max_retries,
+                    retry_exceptions=False,
+                    name="traitgraph.train",
                 )
             return self._remote
 

@@ -133,9 +133,7 @@ def link_action(plan: BuildPlan) -> None:
         device = record.payload["training"].get("device")  # absent on the cpu (see compiler.device)
         if device is not None:
             device = f"{device}/{record.payload['training']['precision']}"
-        nodes.append(
-            LockNode(id=node_id, training_hash=h, vector_sha256=record.sha256, weight=weight, device=device)
-        )
+        nodes.append(LockNode(id=node_id, training_hash=h, vector_sha256=record.sha256, weight=weight, device=device))
     base = resolve_base(spec.personality.base, spec.specs_dir)
     t0 = time.perf_counter()
     outputs = link_checkpoint(base.path, inputs, spec.personality.merge, plan.out.checkpoint, progress=True)
@@ -153,7 +151,9 @@ def link_action(plan: BuildPlan) -> None:
 
     write_model_card(plan.out.root, spec, lock, base.path)
     seconds = time.perf_counter() - t0
-    print(f"link: {len(inputs)} task vectors, {spec.personality.merge.method} -> {plan.out.checkpoint} ({seconds:.1f}s)")
+    print(
+        f"link: {len(inputs)} task vectors, {spec.personality.merge.method} -> {plan.out.checkpoint} ({seconds:.1f}s)"
+    )
     log_event(plan.out, "link", nodes=[n.id for n in nodes], seconds=round(seconds, 2))
 
 

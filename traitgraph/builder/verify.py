@@ -57,7 +57,9 @@ def rebuild_from_lock(lock, base_dir: Path, cache: VectorCache) -> int:
     return len(outputs)
 
 
-def verify_build(out_dir: str | Path, specs_dir: str | Path | None = None, cache: VectorCache | None = None) -> VerifyResult:
+def verify_build(
+    out_dir: str | Path, specs_dir: str | Path | None = None, cache: VectorCache | None = None
+) -> VerifyResult:
     """Check ``OUT/checkpoint`` against ``OUT/traitgraph.lock`` and rebuild it from the lock.
 
     A relative base reference in the lock is resolved against ``specs_dir``.

@@ -43,8 +43,12 @@ def _watch(interval: float) -> None:
         worker = killed_worker(seen)
         if worker is not None:
             name = signal.Signals(-worker.exitcode).name
-            print(f"error: a build worker (pid {worker.pid}) was killed by {name} (out of memory, or kill -9?); "
-                  "the build stopped; run it again to resume (finished nodes are kept)", file=sys.stderr, flush=True)
+            print(
+                f"error: a build worker (pid {worker.pid}) was killed by {name} (out of memory, or kill -9?); "
+                "the build stopped; run it again to resume (finished nodes are kept)",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.stdout.flush()
             os._exit(WORKER_KILLED_STATUS)
         time.sleep(interval)

@@ -1,9 +1,9 @@
 """Build a personality: a thin wrapper over doit with the same tasks as dodo.py.
 
-    traitgraph build                     # specs/ -> out/
-    traitgraph build specs -o out -n 2   # train two nodes at a time
-    traitgraph build specs -- list       # doit arguments after --
-    traitgraph build --ray auto -n 8     # each node a task on a running Ray cluster
+traitgraph build                     # specs/ -> out/
+traitgraph build specs -o out -n 2   # train two nodes at a time
+traitgraph build specs -- list       # doit arguments after --
+traitgraph build --ray auto -n 8     # each node a task on a running Ray cluster
 """
 
 from __future__ import annotations
@@ -21,9 +21,15 @@ DOIT_COMMAND_LINE_ERROR = 3
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("specs_dir", nargs="?", default="specs", help="specs directory (default: specs)")
     parser.add_argument("-o", "--out", default="out", help="output directory (default: out)")
-    parser.add_argument("-n", "--jobs", type=positive_int, default=1, help="train this many nodes in parallel (1 or more)")
     parser.add_argument(
-        "--ray", nargs="?", const="settings", default=None, metavar="ADDRESS",
+        "-n", "--jobs", type=positive_int, default=1, help="train this many nodes in parallel (1 or more)"
+    )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="settings",
+        default=None,
+        metavar="ADDRESS",
         help="train each node as a Ray task (ADDRESS: auto, HOST:PORT; none: the personality's, else a local Ray)",
     )
 

@@ -1,9 +1,9 @@
 """Inspect and clean the task-vector cache ($TRAITGRAPH_CACHE, default ~/.cache/traitgraph).
 
-    traitgraph cache ls                    entries: hash, node, size
-    traitgraph cache size                  total size
-    traitgraph cache gc [--lock FILE ...]  drop vectors no lock file references
-    traitgraph cache key [--specs DIR]     one key over the specs' training hashes (for CI caches)
+traitgraph cache ls                    entries: hash, node, size
+traitgraph cache size                  total size
+traitgraph cache gc [--lock FILE ...]  drop vectors no lock file references
+traitgraph cache key [--specs DIR]     one key over the specs' training hashes (for CI caches)
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["ls", "size", "gc", "key"], help="what to do")
     parser.add_argument(
-        "--lock", action="append", default=None,
+        "--lock",
+        action="append",
+        default=None,
         help="a lock file whose vectors gc keeps (repeatable; default: out/traitgraph.lock)",
     )
     parser.add_argument("--specs", default="specs", help="key: the specs directory (default: specs)")

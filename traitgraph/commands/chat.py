@@ -22,10 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", help="build output directory, or a checkpoint directory")
     parser.add_argument("--prompt", default=None, help="answer this one message and exit")
     parser.add_argument("--base", action="store_true", help="talk to the build's base model instead")
-    parser.add_argument("--specs", default="specs", help="specs directory, to find a base given relative to it (default: specs)")
+    parser.add_argument(
+        "--specs", default="specs", help="specs directory, to find a base given relative to it (default: specs)"
+    )
     parser.add_argument("--system", default=None, help="a system message to start the conversation with")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=200, help="longest reply in tokens (default: 200)")
-
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=200, help="longest reply in tokens (default: 200)"
+    )
 
 
 def checkpoint_dir(out_dir: Path) -> Path:

@@ -32,7 +32,14 @@ def summary_table(spec: Spec, hashes: dict[str, str]) -> str:
         node = spec.nodes[node_id]
         edges = ", ".join(f"{e.kind}:{e.to}" for e in node.spec.edges) or "-"
         rows.append(
-            (node_id, f"{node.spec.weight:+g}", str(len(node.examples)), str(len(node.spec.eval)), edges, hashes[node_id][:12])
+            (
+                node_id,
+                f"{node.spec.weight:+g}",
+                str(len(node.examples)),
+                str(len(node.spec.eval)),
+                edges,
+                hashes[node_id][:12],
+            )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -46,10 +53,14 @@ def run(args: argparse.Namespace) -> int:
     hashes = node_hashes(spec, fingerprint)
     g = spec.graph()
     p = spec.personality
-    print(f"{p.name}: {len(spec.nodes)} nodes, {g.number_of_edges()} edges, "
-          f"{sum(len(n.examples) for n in spec.nodes.values())} examples, "
-          f"{sum(len(n.spec.eval) for n in spec.nodes.values())} eval cases")
-    print(f"base: {p.base} ({fingerprint[:19]}); merge: {p.merge.method} density {p.merge.density:g} lambda {p.merge.lambda_:g}")
+    print(
+        f"{p.name}: {len(spec.nodes)} nodes, {g.number_of_edges()} edges, "
+        f"{sum(len(n.examples) for n in spec.nodes.values())} examples, "
+        f"{sum(len(n.spec.eval) for n in spec.nodes.values())} eval cases"
+    )
+    print(
+        f"base: {p.base} ({fingerprint[:19]}); merge: {p.merge.method} density {p.merge.density:g} lambda {p.merge.lambda_:g}"
+    )
     print()
     print(summary_table(spec, hashes))
     if note:

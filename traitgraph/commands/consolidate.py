@@ -42,8 +42,9 @@ def _sources(plan, tokenizer):
             raise BuildError(f"node '{node_id}' is not built; run `traitgraph build` first")
         target = resolve_target(plan.spec, node_id, plan.fingerprint, plan.hashes)
         examples = encode_examples(tokenizer, target.examples, max_length=target.settings.max_length)
-        sources.append(Source(node_id, plan.cache.verify(plan.hashes[node_id]), examples,
-                              plan.spec.nodes[node_id].spec.weight))
+        sources.append(
+            Source(node_id, plan.cache.verify(plan.hashes[node_id]), examples, plan.spec.nodes[node_id].spec.weight)
+        )
     return sources
 
 
@@ -81,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
     from traitgraph.graph.replay import GENERAL_REPLAY_FILE, shipped_text
 
     if args.steps < 1 or args.batch_size < 1 or args.lr <= 0 or args.general_weight < 0 or args.general_lines < 1:
-        raise UserError("consolidate: --steps, --batch-size and --general-lines must be at least 1, --lr above 0, "
-                        "--general-weight at least 0")
+        raise UserError(
+            "consolidate: --steps, --batch-size and --general-lines must be at least 1, --lr above 0, "
+            "--general-weight at least 0"
+        )
     plan = BuildPlan.load(args.specs_dir, args.out)
     if not (plan.out.checkpoint / "config.json").is_file():
         raise UserError(f"no built checkpoint in {plan.out.checkpoint}; run `traitgraph build` first")
@@ -97,11 +100,13 @@ def run(args: argparse.Namespace) -> int:
 
     def kls() -> list[float]:
         return [mean_kl(student, teacher, s, s.examples, pad) for s in sources] + [
-            mean_kl(student, teacher, None, general, pad)]
+            mean_kl(student, teacher, None, general, pad)
+        ]
 
     before = kls()
-    settings = ConsolidateSettings(steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
-                                   general_weight=args.general_weight)
+    settings = ConsolidateSettings(
+        steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size, general_weight=args.general_weight
+    )
     consolidate(student, teacher, sources, general, pad, settings)
     after = kls()
     out = plan.out.root / "consolidated"

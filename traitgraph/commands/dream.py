@@ -32,8 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", type=int, default=48, help="contexts the teacher answers (default 48)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the joined contexts (default 0)")
-    parser.add_argument("--generator", default=None, metavar="DIR",
-                        help="teacher model: a local Hugging Face directory (default: the personality's base)")
+    parser.add_argument(
+        "--generator",
+        default=None,
+        metavar="DIR",
+        help="teacher model: a local Hugging Face directory (default: the personality's base)",
+    )
     parser.add_argument("-o", "--out", default=None, help="output file (default SPECS_DIR/data/NODE.dream.jsonl)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
@@ -41,8 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_counts(args: argparse.Namespace) -> None:
     from traitgraph.errors import UserError
 
-    for flag, value in (("-n", args.n), ("--shots", args.shots), ("--candidates", args.candidates),
-                        ("--max-new-tokens", args.max_new_tokens)):
+    for flag, value in (
+        ("-n", args.n),
+        ("--shots", args.shots),
+        ("--candidates", args.candidates),
+        ("--max-new-tokens", args.max_new_tokens),
+    ):
         if value < 1:
             raise UserError(f"dream: {flag} must be at least 1 (got {value})")
 
@@ -74,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; review or move it, or pass --force to overwrite it")
     walk = walk_contexts(spec, args.node)
-    settings = DreamSettings(n=args.n, shots=args.shots, max_new_tokens=args.max_new_tokens,
-                             candidates=args.candidates, seed=args.seed)
+    settings = DreamSettings(
+        n=args.n, shots=args.shots, max_new_tokens=args.max_new_tokens, candidates=args.candidates, seed=args.seed
+    )
     contexts = candidate_contexts(walk.neighbour_contexts, [user_message(e) for e in walk.own], walk.held_out, settings)
     if not contexts:
         raise UserError(
@@ -86,9 +95,14 @@ def run(args: argparse.Namespace) -> int:
     teacher = resolve_base(args.generator or spec.personality.base, None if args.generator else spec.specs_dir)
     model, tokenizer = load_model(teacher)
     kept = dream(model, tokenizer, generate, walk.description, walk.own[: settings.shots], contexts, settings)
-    header = {"node": args.node, "generator": teacher.reference, "generator_fingerprint": teacher.fingerprint,
-              "neighbours": list(walk.neighbours), "settings": settings_record(settings),
-              "traitgraph_version": __version__}
+    header = {
+        "node": args.node,
+        "generator": teacher.reference,
+        "generator_fingerprint": teacher.fingerprint,
+        "neighbours": list(walk.neighbours),
+        "settings": settings_record(settings),
+        "traitgraph_version": __version__,
+    }
     write_text_atomic(out, render_dream_file(kept, header))
     umask = os.umask(0)
     os.umask(umask)
@@ -99,5 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if node.spec.examples_file is None:
         print(f"review it, then add `examples_file: {rel}` to {node.file}")
     else:  # a node has one examples file
-        print(f"review it, then append its example lines to {node.spec.examples_file} (the examples_file of {node.file})")
+        print(
+            f"review it, then append its example lines to {node.spec.examples_file} (the examples_file of {node.file})"
+        )
     return 0

@@ -29,8 +29,10 @@ def run(args: argparse.Namespace) -> int:
     plan = BuildPlan.load(args.specs_dir, args.out)
     read_build_lock(plan)  # nothing built yet: say so before touching OUT
     if not plan.link_is_current():
-        print("note: the specs changed since the last build; evaluating the checkpoint as it was built "
-              "(run `traitgraph build` to rebuild and evaluate)")
+        print(
+            "note: the specs changed since the last build; evaluating the checkpoint as it was built "
+            "(run `traitgraph build` to rebuild and evaluate)"
+        )
     with OutputLock(plan.out):
         run_eval(plan, threads=args.threads)
     return 0

@@ -59,5 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
         write_lock(out.lock, lock)
         write_stamps(out, lock.outputs)
-    print(f"relinked {len(lock.nodes)} task vectors into {out.checkpoint}; all {len(lock.outputs)} output hashes match the lock")
+    print(
+        f"relinked {len(lock.nodes)} task vectors into {out.checkpoint}; all {len(lock.outputs)} output hashes match the lock"
+    )
     return 0

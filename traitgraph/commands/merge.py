@@ -29,8 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from traitgraph.linker.mergekit_config import run_merge
 
     outputs = run_merge(
-        args.config, args.out_dir, seed=args.seed, max_shard_size=args.max_shard_size,
-        progress=not args.no_progress, warn=lambda text: print(text, file=sys.stderr),
+        args.config,
+        args.out_dir,
+        seed=args.seed,
+        max_shard_size=args.max_shard_size,
+        progress=not args.no_progress,
+        warn=lambda text: print(text, file=sys.stderr),
     )
     shards = sum(1 for name in outputs if name.endswith(".safetensors"))
     print(f"merged into {args.out_dir} ({shards} shard{'s' if shards != 1 else ''}, {len(outputs)} files)")

@@ -1,7 +1,7 @@
 """Add a node to a personality: nodes/NODE.yaml with every field commented.
 
-    traitgraph new politeness              # specs/nodes/politeness.yaml
-    traitgraph new politeness demo -d "Says please and thank you."
+traitgraph new politeness              # specs/nodes/politeness.yaml
+traitgraph new politeness demo -d "Says please and thank you."
 """
 
 from __future__ import annotations

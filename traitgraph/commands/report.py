@@ -29,8 +29,10 @@ def run(args: argparse.Namespace) -> int:
         from traitgraph.evaluate.run import eval_inputs
 
         if report.inputs != eval_inputs(BuildPlan.load(args.specs_dir, out)):
-            print("note: the specs or the build changed since this report was computed; "
-                  "run `traitgraph eval` for fresh numbers")
+            print(
+                "note: the specs or the build changed since this report was computed; "
+                "run `traitgraph eval` for fresh numbers"
+            )
     except UserError:
         pass  # the specs are not needed to redraw
     return 0

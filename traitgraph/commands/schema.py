@@ -16,8 +16,13 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", default="specs/schema", help="directory to write (default: specs/schema)")
-    parser.add_argument("--print", dest="print_kind", choices=["personality", "node"], default=None,
-                        help="print one schema to stdout instead of writing files")
+    parser.add_argument(
+        "--print",
+        dest="print_kind",
+        choices=["personality", "node"],
+        default=None,
+        help="print one schema to stdout instead of writing files",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

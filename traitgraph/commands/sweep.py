@@ -23,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("specs_dir", nargs="?", default="specs", help="specs directory (default: specs)")
     parser.add_argument("-o", "--out", default="out", help="output directory; points go to OUT/sweep/ (default: out)")
     parser.add_argument(
-        "--set", dest="sets", action="append", required=True, metavar="PATH=V1,V2",
+        "--set",
+        dest="sets",
+        action="append",
+        required=True,
+        metavar="PATH=V1,V2",
         help="a spec field and the values to try (repeat for a grid), e.g. merge.density=0.2,0.5",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -39,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     sweep = run_sweep(args.specs_dir, args.out, sets, progress=not args.no_progress)
     failed = [p.name for p in sweep.points if not p.ok]
     root = Path(args.out) / "sweep"
-    print(f"sweep: {len(sweep.points)} points, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}; "
-          f"Pareto front: {', '.join(sweep.pareto) or 'none'}")
+    print(
+        f"sweep: {len(sweep.points)} points, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}; "
+        f"Pareto front: {', '.join(sweep.pareto) or 'none'}"
+    )
     print(f"table: {root / SWEEP_MD}")
     return 1 if failed and len(failed) == len(sweep.points) else 0

@@ -24,8 +24,12 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("specs_dir", nargs="?", default="specs", help="specs directory (default: specs)")
     parser.add_argument("-o", "--out", default="out", help="output directory of the build (default: out)")
-    parser.add_argument("-k", dest="pattern", default=None,
-                        help="only tests whose id (NODE::eval[i]) or prompt contains PATTERN, case-insensitively")
+    parser.add_argument(
+        "-k",
+        dest="pattern",
+        default=None,
+        help="only tests whose id (NODE::eval[i]) or prompt contains PATTERN, case-insensitively",
+    )
     parser.add_argument("--base", action="store_true", help="test the personality's base model instead of the build")
     parser.add_argument("--no-general", action="store_true", help="leave out the general-prompt tests")
 
@@ -38,8 +42,10 @@ def _model_ref(spec, out: Path, base: bool):
         return resolve_base(spec.personality.base, spec.specs_dir)
     checkpoint = out / "checkpoint"
     if not (checkpoint / "config.json").is_file():
-        raise UserError(f"nothing to test: {checkpoint} does not exist; build first (`traitgraph build "
-                        f"{spec.specs_dir} -o {out}`), or pass --base to test the base model")
+        raise UserError(
+            f"nothing to test: {checkpoint} does not exist; build first (`traitgraph build "
+            f"{spec.specs_dir} -o {out}`), or pass --base to test the base model"
+        )
     return ResolvedBase(reference=str(checkpoint), path=checkpoint, fingerprint="")
 
 
@@ -48,8 +54,13 @@ def _collect(args: argparse.Namespace, spec):
     from traitgraph.evaluate.behaviour_tests import collect_tests, select
     from traitgraph.evaluate.run import PROMPT_NEW_TOKENS, general_prompts
 
-    every = collect_tests(spec, general_prompts(), node_budget=spec.personality.eval.max_new_tokens,
-                          prompt_budget=PROMPT_NEW_TOKENS, general=not args.no_general)
+    every = collect_tests(
+        spec,
+        general_prompts(),
+        node_budget=spec.personality.eval.max_new_tokens,
+        prompt_budget=PROMPT_NEW_TOKENS,
+        general=not args.no_general,
+    )
     tests = select(every, args.pattern)
     if not tests:
         why = f"no test matches -k {args.pattern!r}" if args.pattern else "no eval or ood case has `expect:`"
@@ -64,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
     ref = _model_ref(spec, Path(args.out), args.base)
     tests = _collect(args, spec)
     if not args.base and not _build_is_current(args):
-        print("note: the specs changed since the last build; testing the checkpoint as it was built "
-              "(run `traitgraph build` to rebuild)")
+        print(
+            "note: the specs changed since the last build; testing the checkpoint as it was built "
+            "(run `traitgraph build` to rebuild)"
+        )
 
     import torch
 

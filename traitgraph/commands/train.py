@@ -28,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", default=None, help="write τ here instead of into the cache")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--general-lines", type=int, default=48, metavar="N",
+        "--general-lines",
+        type=int,
+        default=48,
+        metavar="N",
         help="general-text lines scored before/after (default 48; 0 skips it)",
     )
 
@@ -63,9 +66,11 @@ def _monitor_line(record: dict, ran: int, budget: int) -> str:
     stop = f"stopped early after {ran} of {budget} steps" if record["stopped_early"] else f"ran {ran} steps"
     if best is None:
         return f"monitor: {stop}; no check"
-    return (f"monitor: kept step {best['step']} ({stop}); validation loss {start['validation']:.4f} -> "
-            f"{best['validation']:.4f}, general-text probe {start['general']:.4f} -> {best['general']:.4f} "
-            f"({_pct(start['general'], best['general'])}{'' if best['within_ceiling'] else ', over the ceiling'})")
+    return (
+        f"monitor: kept step {best['step']} ({stop}); validation loss {start['validation']:.4f} -> "
+        f"{best['validation']:.4f}, general-text probe {start['general']:.4f} -> {best['general']:.4f} "
+        f"({_pct(start['general'], best['general'])}{'' if best['within_ceiling'] else ', over the ceiling'})"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,17 +130,23 @@ def run(args: argparse.Namespace) -> int:
     apply_task_vectors(model, [out])
     start = "base+parents" if parents else "base"
     size_mb = os.path.getsize(out) / 1e6
-    print(f"train:{args.node}: {meta.steps} steps, {meta.tokens} response tokens, {meta.seconds:.1f} s, "
-          f"final loss {meta.final_loss:.4f} (oscillation {meta.oscillation:.2f})")
+    print(
+        f"train:{args.node}: {meta.steps} steps, {meta.tokens} response tokens, {meta.seconds:.1f} s, "
+        f"final loss {meta.final_loss:.4f} (oscillation {meta.oscillation:.2f})"
+    )
     print(f"τ: {out} ({size_mb:.1f} MB, sha256 {sha256_file(out)[:12]})")
     if meta.monitor is not None:
         print(_monitor_line(meta.monitor, meta.steps, target.settings.steps))
     if before_eval is not None:
         after = eval_loss(model, tokenizer, cases)
-        print(f"eval-case loss ({len(cases)} case{'s' if len(cases) != 1 else ''}):       {start} {before_eval:.4f} -> +τ {after:.4f} "
-              f"({_pct(before_eval, after)})")
+        print(
+            f"eval-case loss ({len(cases)} case{'s' if len(cases) != 1 else ''}):       {start} {before_eval:.4f} -> +τ {after:.4f} "
+            f"({_pct(before_eval, after)})"
+        )
     if before_general is not None:
         after = eval_loss(model, tokenizer, general)
-        print(f"general-text loss ({len(general)} lines): {start} {before_general:.4f} -> +τ {after:.4f} "
-              f"({_pct(before_general, after)})")
+        print(
+            f"general-text loss ({len(general)} lines): {start} {before_general:.4f} -> +τ {after:.4f} "
+            f"({_pct(before_general, after)})"
+        )
     return 0

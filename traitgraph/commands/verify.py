@@ -14,8 +14,11 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", nargs="?", default="out", help="output directory of a build (default: out)")
-    parser.add_argument("--specs", default="specs",
-                        help="specs directory a relative base reference is resolved against (default: specs)")
+    parser.add_argument(
+        "--specs",
+        default="specs",
+        help="specs directory a relative base reference is resolved against (default: specs)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from traitgraph.builder.verify import verify_build
 
     result = verify_build(args.out, Path(args.specs))
-    print(f"verified {args.out}: all {result.checked} checkpoint files match the lock, "
-          f"and relinking the lock gives the same {result.rebuilt} files")
+    print(
+        f"verified {args.out}: all {result.checked} checkpoint files match the lock, "
+        f"and relinking the lock gives the same {result.rebuilt} files"
+    )
     return 0

@@ -46,8 +46,9 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.
 
 
 def _rows(batch: Batch, start: int) -> Batch:
-    return Batch(batch.context_ids[start:], batch.context_mask[start:],
-                 batch.response_ids[start:], batch.response_mask[start:])
+    return Batch(
+        batch.context_ids[start:], batch.context_mask[start:], batch.response_ids[start:], batch.response_mask[start:]
+    )
 
 
 class Anchor:

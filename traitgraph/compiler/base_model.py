@@ -169,9 +169,7 @@ def _local_directory(reference: str, specs_dir: Path | None) -> Path | None:
 def _check_local_directory(reference: str, directory: Path) -> None:
     """A usable Hugging Face directory: a config and safetensors weights (never pickles)."""
     if not (directory / "config.json").is_file():
-        raise UserError(
-            f"base '{reference}': {directory} is not a Hugging Face model directory (no config.json)"
-        )
+        raise UserError(f"base '{reference}': {directory} is not a Hugging Face model directory (no config.json)")
     if any(directory.glob("*.safetensors")):
         return
     pickles = sorted(p.name for p in directory.iterdir() if p.name.endswith(_PICKLE_SUFFIXES))
@@ -245,9 +243,7 @@ def base_gguf(reference: str, specs_dir: Path | None = None) -> Path | None:
     return path if kind == "embedded" else None
 
 
-def resolve_base(
-    reference: str, specs_dir: Path | None = None, cache_dir: Path | None = None
-) -> ResolvedBase:
+def resolve_base(reference: str, specs_dir: Path | None = None, cache_dir: Path | None = None) -> ResolvedBase:
     """Resolve a ``base:`` reference to a local Hugging Face directory and its fingerprint.
 
     An embedded base is converted on first use (about half a minute) into
@@ -341,8 +337,7 @@ def _converted_gguf(gguf: Path, fingerprint: str, cache_dir: Path) -> Path:
     try:
         _convert_gguf(gguf, tmp)
         (tmp / CONVERSION_RECORD).write_text(
-            json.dumps({"conversion": CONVERSION_VERSION, "source": gguf.name, "fingerprint": fingerprint},
-                       indent=2),
+            json.dumps({"conversion": CONVERSION_VERSION, "source": gguf.name, "fingerprint": fingerprint}, indent=2),
             encoding="utf-8",
         )
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is a normal directory

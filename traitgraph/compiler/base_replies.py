@@ -58,14 +58,17 @@ def _cached(path: Path, n: int) -> list[str] | None:
     return replies if ok else None
 
 
-def base_replies(model, tokenizer, prompts: Sequence[str], *, fingerprint: str, max_new_tokens: int,
-                 cache_dir: Path | None = None) -> list[str]:
+def base_replies(
+    model, tokenizer, prompts: Sequence[str], *, fingerprint: str, max_new_tokens: int, cache_dir: Path | None = None
+) -> list[str]:
     """The base's greedy reply to each prompt (one user turn, chat template applied), trimmed
     to full sentences; cached (see module doc). ``model`` must be the base itself."""
     import torch
 
-    path = (cache_dir or default_cache_dir()) / "replies" / (
-        _key(fingerprint, prompts, max_new_tokens, torch.get_num_threads()) + ".json"
+    path = (
+        (cache_dir or default_cache_dir())
+        / "replies"
+        / (_key(fingerprint, prompts, max_new_tokens, torch.get_num_threads()) + ".json")
     )
     replies = _cached(path, len(prompts))
     if replies is None:

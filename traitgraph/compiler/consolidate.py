@@ -92,8 +92,14 @@ def distillation_kl(student, teacher: Teacher, source: Source | None, batch: Bat
     return kl_to_reference(response_logits(student, batch, "frozen"), target, batch.response_mask)
 
 
-def consolidate(student, teacher: Teacher, sources: Sequence[Source], general: Sequence[EncodedExample],
-                pad: int, settings: ConsolidateSettings) -> list[float]:
+def consolidate(
+    student,
+    teacher: Teacher,
+    sources: Sequence[Source],
+    general: Sequence[EncodedExample],
+    pad: int,
+    settings: ConsolidateSettings,
+) -> list[float]:
     """Distil ``student`` in place (see module doc); returns the loss per step."""
     from traitgraph.compiler.optim import build_optimizer
     from traitgraph.graph.schema import OptimizerSettings

@@ -123,7 +123,7 @@ def render_chat(tokenizer, messages: list[dict[str, str]], response: str) -> tup
             "the tokenizer's chat template does not render the conversation so far as a prefix of the "
             "conversation with the reply, so the reply's tokens cannot be told apart; use a base whose "
             "template does (ChatML, e.g. SmolLM2) "
-            f"(context renders as {context_text[-60:]!r}, the full chat as {full_text[len(context_text)-60:][:120]!r})"
+            f"(context renders as {context_text[-60:]!r}, the full chat as {full_text[len(context_text) - 60 :][:120]!r})"
         )
     context_ids = _ids(tokenizer, context_text)
     full_ids = _ids(tokenizer, full_text)

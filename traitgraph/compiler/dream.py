@@ -65,8 +65,12 @@ class Dreamed:
     score: float
 
 
-def candidate_contexts(neighbour_contexts: Sequence[str], own_contexts: Sequence[str], held_out: set[str] | frozenset,
-                       settings: DreamSettings) -> list[str]:
+def candidate_contexts(
+    neighbour_contexts: Sequence[str],
+    own_contexts: Sequence[str],
+    held_out: set[str] | frozenset,
+    settings: DreamSettings,
+) -> list[str]:
     """Neighbours' contexts first, then each joined with one of the node's own (seeded), held-out ones never.
 
     >>> candidate_contexts(["a?"], ["b?"], set(), DreamSettings(candidates=4))
@@ -83,8 +87,12 @@ def candidate_contexts(neighbour_contexts: Sequence[str], own_contexts: Sequence
 
 def teacher_chat(description: str, shots: Sequence[Example], context: str) -> list[dict[str, str]]:
     """The teacher's prompt: the behaviour as a system message, the shots as earlier turns, then the context."""
-    messages = [{"role": "system", "content": f"You are a helpful assistant. {description} "
-                                              "Reply the way your earlier replies show."}]
+    messages = [
+        {
+            "role": "system",
+            "content": f"You are a helpful assistant. {description} Reply the way your earlier replies show.",
+        }
+    ]
     for ex in shots:
         messages += [m for m in ex.chat() if m["role"] != "system"]
         messages.append({"role": "assistant", "content": ex.response})
@@ -100,8 +108,15 @@ def mean_logprob(model, tokenizer, messages: list[dict[str, str]], response: str
     return -float(nll.sum()) / len(encoded.response)
 
 
-def dream(model, tokenizer, generate: Callable, description: str, shots: Sequence[Example],
-          contexts: Sequence[str], settings: DreamSettings) -> list[Dreamed]:
+def dream(
+    model,
+    tokenizer,
+    generate: Callable,
+    description: str,
+    shots: Sequence[Example],
+    contexts: Sequence[str],
+    settings: DreamSettings,
+) -> list[Dreamed]:
     """Teacher replies to ``contexts``, scored (see module doc); the best ``settings.n``, best first."""
     chats = [teacher_chat(description, shots, ctx) for ctx in contexts]
     replies = generate(model, tokenizer, chats, max_new_tokens=settings.max_new_tokens)
@@ -111,7 +126,8 @@ def dream(model, tokenizer, generate: Callable, description: str, shots: Sequenc
         if not reply.strip():
             continue
         margin = mean_logprob(model, tokenizer, chat, reply) - mean_logprob(
-            model, tokenizer, [{"role": "user", "content": ctx}], reply)
+            model, tokenizer, [{"role": "user", "content": ctx}], reply
+        )
         scored.append(Dreamed(ctx, reply.strip(), margin))
     return sorted(scored, key=lambda d: -d.score)[: settings.n]
 
@@ -120,8 +136,10 @@ def render_dream_file(kept: Sequence[Dreamed], header: dict) -> str:
     """A JSONL examples file: a ``#`` header with the generator settings, then one example per line
     (its score in the header's ``scores``, so each line stays a plain ``{context, response}``)."""
     head = {**header, "score_rule": SCORE_RULE, "scores": [round(d.score, 4) for d in kept]}
-    lines = [HEADER_PREFIX + json.dumps(head, sort_keys=True, ensure_ascii=False),
-             "# Review every example below; delete or edit lines before you train on them."]
+    lines = [
+        HEADER_PREFIX + json.dumps(head, sort_keys=True, ensure_ascii=False),
+        "# Review every example below; delete or edit lines before you train on them.",
+    ]
     lines += [json.dumps({"context": d.context, "response": d.response}, ensure_ascii=False) for d in kept]
     return "\n".join(lines) + "\n"
 

@@ -88,9 +88,9 @@ def response_logits(model, batch: Batch, context: ContextMode = "frozen") -> tor
 def token_nll(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Per-token NLL of the response, 0 on padding. (B, Tr)"""
     b, tr, v = logits.shape
-    nll = F.cross_entropy(
-        logits.float().reshape(b * tr, v), batch.response_ids.reshape(b * tr), reduction="none"
-    ).view(b, tr)
+    nll = F.cross_entropy(logits.float().reshape(b * tr, v), batch.response_ids.reshape(b * tr), reduction="none").view(
+        b, tr
+    )
     return nll * batch.response_mask.to(nll.dtype)
 
 

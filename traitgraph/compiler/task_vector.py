@@ -50,9 +50,7 @@ class TaskVectorMeta(BaseModel):
     tokens: int = Field(description="Response (loss) tokens seen in training.")
     final_loss: float = Field(description="Smoothed training loss at the last step.")
     loss_curve: list[float] = Field(description="Training loss per step.")
-    oscillation: float = Field(
-        description="max/min of the smoothed loss over the last third of training (1.0 = flat)."
-    )
+    oscillation: float = Field(description="max/min of the smoothed loss over the last third of training (1.0 = flat).")
     dtype: str = Field(description="Tensor dtype on disk.")
     traitgraph_version: str = Field(description="Version of traitgraph that trained it.")
     seconds: float = Field(
@@ -66,9 +64,7 @@ class TaskVectorMeta(BaseModel):
     )
 
 
-def save_task_vector(
-    path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: TaskVectorMeta
-) -> str:
+def save_task_vector(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: TaskVectorMeta) -> str:
     """Write τ atomically (temp file, then rename); return the file's sha256."""
     from safetensors.torch import save_file
 

@@ -101,7 +101,8 @@ def encode_replay(target: TrainingTarget, tokenizer, replies: Sequence[str] = ()
     if target.replay.prompts:
         pairs = [
             LocatedExample(Example(context=p, response=r), f"replay prompt {i + 1} ({REPLAY_PROMPTS_FILE})")
-            for i, (p, r) in enumerate(zip(target.replay.prompts, replies, strict=True)) if r
+            for i, (p, r) in enumerate(zip(target.replay.prompts, replies, strict=True))
+            if r
         ]
         if not pairs:
             raise BuildError(
@@ -175,7 +176,11 @@ def _progress(total: int, node_id: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(
-        total=total, desc=f"train:{node_id}", unit="step", leave=False, dynamic_ncols=True,
+        total=total,
+        desc=f"train:{node_id}",
+        unit="step",
+        leave=False,
+        dynamic_ncols=True,
         disable=not (enabled and sys.stderr.isatty()),
     )
 
@@ -207,8 +212,17 @@ def _set_warmup_lr(opt, settings: TrainingSettings, step: int) -> None:
             group["lr"] = lr
 
 
-def _step(model, opt, named: list, batch: Batch, n_node: int, node_id: str, step: int,
-          settings: TrainingSettings, anchor: Anchor | None = None) -> float:
+def _step(
+    model,
+    opt,
+    named: list,
+    batch: Batch,
+    n_node: int,
+    node_id: str,
+    step: int,
+    settings: TrainingSettings,
+    anchor: Anchor | None = None,
+) -> float:
     """One optimizer step on ``batch``; returns the loss before the step (anchor term included)."""
     params = [p for _, p in named]
     opt.zero_grad(set_to_none=True)
@@ -233,8 +247,14 @@ def _step(model, opt, named: list, batch: Batch, n_node: int, node_id: str, step
 
 
 def run_steps(
-    model, named: list, stream: BatchStream, target: TrainingTarget, *, progress: bool,
-    monitor: Monitor | None = None, anchor: Anchor | None = None,
+    model,
+    named: list,
+    stream: BatchStream,
+    target: TrainingTarget,
+    *,
+    progress: bool,
+    monitor: Monitor | None = None,
+    anchor: Anchor | None = None,
 ) -> tuple[LossCurve, int]:
     """The training loop (see module doc): returns the loss curve and the response tokens seen.
 
@@ -282,8 +302,9 @@ def _base_replies(model, tokenizer, target: TrainingTarget, base: ResolvedBase) 
         return []
     from traitgraph.compiler.base_replies import base_replies
 
-    return base_replies(model, tokenizer, target.replay.prompts, fingerprint=base.fingerprint,
-                        max_new_tokens=BASE_REPLY_TOKENS)
+    return base_replies(
+        model, tokenizer, target.replay.prompts, fingerprint=base.fingerprint, max_new_tokens=BASE_REPLY_TOKENS
+    )
 
 
 def _check_parents(target: TrainingTarget, parent_vectors: Sequence[Path]) -> None:
@@ -322,8 +343,13 @@ def build_monitor(target: TrainingTarget, tokenizer) -> Monitor | None:
 
 
 def _meta(
-    target: TrainingTarget, base: ResolvedBase, curve: LossCurve, tokens: int, seconds: float,
-    monitor: Monitor | None = None, record: dict | None = None,
+    target: TrainingTarget,
+    base: ResolvedBase,
+    curve: LossCurve,
+    tokens: int,
+    seconds: float,
+    monitor: Monitor | None = None,
+    record: dict | None = None,
 ) -> TaskVectorMeta:
     from traitgraph.compiler.optim import effective_settings
 

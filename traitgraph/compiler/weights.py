@@ -81,7 +81,8 @@ def trainable_parameters(model: torch.nn.Module, checkpoint_names: set[str]) -> 
     if unknown:
         raise BuildError(
             "the model's parameters do not match the base checkpoint's tensor names: "
-            + ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            + ", ".join(unknown[:5])
+            + (" ..." if len(unknown) > 5 else "")
         )
     return named
 

@@ -39,8 +39,10 @@ def tests_table(report) -> str:
         )
     passed_base = sum(r.passed for r in tests.base)
     passed_built = sum(r.passed for r in tests.built)
-    rows.append(f"| all | {len(tests.built)} | {_rate(passed_base, len(tests.base))} "
-                f"| **{_rate(passed_built, len(tests.built))}** | |")
+    rows.append(
+        f"| all | {len(tests.built)} | {_rate(passed_base, len(tests.base))} "
+        f"| **{_rate(passed_built, len(tests.built))}** | |"
+    )
     return "\n".join(rows)
 
 
@@ -51,8 +53,11 @@ def failing_table(report) -> list[str]:
         return ["Every behaviour test passed.", ""]
     base = {r.id: r.passed for r in report.tests.base}
     rows = ["| test | prompt | built reply | failed checks | base |", "|---|---|---|---|---|"]
-    rows += [f"| {_cell(r.id)} | {_cell(r.prompt)} | {_cell(r.reply, 300)} | {_cell('; '.join(r.failures), 300)} "
-             f"| {_BASE.get(base.get(r.id), '–')} |" for r in failed]
+    rows += [
+        f"| {_cell(r.id)} | {_cell(r.prompt)} | {_cell(r.reply, 300)} | {_cell('; '.join(r.failures), 300)} "
+        f"| {_BASE.get(base.get(r.id), '–')} |"
+        for r in failed
+    ]
     return ["Failing replies of the built model (*base*: whether the base passed the same test):", "", *rows, ""]
 
 
@@ -61,8 +66,10 @@ _BASE = {True: "passed", False: "failed too"}
 
 def ood_table(report) -> str:
     """The nodes' scores on their ``ood`` cases (same measure as the behaviour table)."""
-    rows = ["| node | cases | measure | base | alone | linked | directed gain alone | directed gain linked | verdict |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    rows = [
+        "| node | cases | measure | base | alone | linked | directed gain alone | directed gain linked | verdict |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
     for n in report.nodes:
         o = n.ood
         if o is None or o.base is None or o.alone is None or o.linked is None:
@@ -88,8 +95,12 @@ def tests_section(report) -> list[str]:
             f"{s.max_new_tokens} new tokens) and to each general prompt (its answer expected in the reply), "
             f"checked under the base and the built checkpoint. Gate: pass rate ≥ {s.min_test_pass_rate:.0%} "
             "overall and per node (0% is off)"
-            + (f"; per node: {', '.join(f'{k} {v:.0%}' for k, v in sorted(s.node_test_pass_rate.items()))}"
-               if s.node_test_pass_rate else "") + ".",
+            + (
+                f"; per node: {', '.join(f'{k} {v:.0%}' for k, v in sorted(s.node_test_pass_rate.items()))}"
+                if s.node_test_pass_rate
+                else ""
+            )
+            + ".",
             "",
             tests_table(report),
             "",

@@ -85,8 +85,9 @@ def collect_tests(
             ]
     if general:
         tests += [
-            BehaviourTest(GENERAL, str(i), (("user", p["prompt"]),), Expectation(contains_any=(p["answer"],)),
-                          prompt_budget)
+            BehaviourTest(
+                GENERAL, str(i), (("user", p["prompt"]),), Expectation(contains_any=(p["answer"],)), prompt_budget
+            )
             for i, p in enumerate(prompts, start=1)
         ]
     return tests
@@ -163,9 +164,7 @@ def check_tests(tests: Sequence[BehaviourTest], replies: Sequence[str]) -> list[
     ]
 
 
-def answer_tests(
-    tests: Sequence[BehaviourTest], replies: Callable[[list[Chat], int], list[str]]
-) -> list[TestResult]:
+def answer_tests(tests: Sequence[BehaviourTest], replies: Callable[[list[Chat], int], list[str]]) -> list[TestResult]:
     """Ask ``replies`` for every test's reply and check it: :func:`reply_all` then :func:`check_tests`."""
     return check_tests(tests, reply_all(tests, replies))
 

@@ -44,7 +44,9 @@ def words(text: str) -> list[str]:
     return _WORD_RE.findall(_straight(text).casefold())
 
 
-def repeated_ngrams(text: str, n: int = REPETITION_NGRAM, max_count: int = REPETITION_MAX_COUNT) -> list[tuple[str, int]]:
+def repeated_ngrams(
+    text: str, n: int = REPETITION_NGRAM, max_count: int = REPETITION_MAX_COUNT
+) -> list[tuple[str, int]]:
     """The ``n``-word runs that occur more than ``max_count`` times, most frequent first.
 
     >>> repeated_ngrams("a rice cooker with a rice cooker that has a rice cooker")

@@ -15,9 +15,7 @@ from traitgraph.evaluate.schema import REPORT_MD, EvalReport, Gate, NodeResult, 
 from traitgraph.graph.schema import EvalSettings
 
 
-def check_gates(
-    settings: EvalSettings, nodes: list[NodeResult], retention: Retention
-) -> list[Gate]:
+def check_gates(settings: EvalSettings, nodes: list[NodeResult], retention: Retention) -> list[Gate]:
     """The budgets of ``eval:``: general-text loss rise and each node's directed gain (linked)."""
     change = retention.change_pct
     budget = settings.max_retention_loss_pct
@@ -26,7 +24,8 @@ def check_gates(
             name="retention",
             passed=change <= budget,
             message=(
-                f"retention: general-text loss is NaN, not a number (budget {budget:.1f}%)" if change != change
+                f"retention: general-text loss is NaN, not a number (budget {budget:.1f}%)"
+                if change != change
                 else f"retention: general-text loss {'rose' if change >= 0 else 'fell'} {abs(change):.1f}% "
                 f"{'<=' if change <= budget else '>'} budget {budget:.1f}%"
             ),
@@ -42,7 +41,8 @@ def check_gates(
             Gate(
                 name=f"node:{node.id}",
                 passed=ok,
-                message=f"node '{node.id}': directed gain is NaN, not a number (floor {floor:.2f})" if g != g
+                message=f"node '{node.id}': directed gain is NaN, not a number (floor {floor:.2f})"
+                if g != g
                 else f"node '{node.id}': directed gain {g:+.2f} {'>=' if ok else '<'} {floor:.2f}",
             )
         )

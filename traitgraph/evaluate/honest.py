@@ -72,8 +72,9 @@ def tensors_applied(model, layers: Sequence[tuple[dict[str, torch.Tensor], float
                 params[name].copy_(tensor)
 
 
-def score_trimmed(model, tokenizer, spec, order: list[str], vectors: dict[str, Path], lock, memo_dir: Path,
-                  fingerprint: str) -> dict[str, list]:
+def score_trimmed(
+    model, tokenizer, spec, order: list[str], vectors: dict[str, Path], lock, memo_dir: Path, fingerprint: str
+) -> dict[str, list]:
     """Each node's eval-case scores under base + (its dependencies, untrimmed) + w·own_trim(τ).
 
     Remembered (like the *alone* scores) under the vector's hash, its weight and the merge settings.
@@ -119,10 +120,15 @@ def with_trimmed(node, trimmed_cases: Sequence | None):
         return node
     trimmed = _model_score(trimmed_cases)
     gain = _measure(trimmed, node.measure) - _measure(node.base, node.measure)
-    directed = {k: None if g is None else node.direction * g
-                for k, g in (("alone", node.gain_alone), ("trimmed", gain), ("linked", node.gain_linked))}
-    return node.model_copy(update={
-        "trimmed": trimmed, "gain_trimmed": gain,
-        "kept_by_trim": ratio(directed["trimmed"], directed["alone"]),
-        "kept_by_merge": ratio(directed["linked"], directed["trimmed"]),
-    })
+    directed = {
+        k: None if g is None else node.direction * g
+        for k, g in (("alone", node.gain_alone), ("trimmed", gain), ("linked", node.gain_linked))
+    }
+    return node.model_copy(
+        update={
+            "trimmed": trimmed,
+            "gain_trimmed": gain,
+            "kept_by_trim": ratio(directed["trimmed"], directed["alone"]),
+            "kept_by_merge": ratio(directed["linked"], directed["trimmed"]),
+        }
+    )

@@ -107,7 +107,8 @@ def eval_inputs(plan: BuildPlan, lock=None) -> dict[str, Any]:
         },
         "ood_cases": {
             node_id: sha256_text(canonical([c.model_dump(mode="json") for c in node.spec.ood]))
-            for node_id, node in sorted(spec.nodes.items()) if node.spec.ood
+            for node_id, node in sorted(spec.nodes.items())
+            if node.spec.ood
         },
         "graph": sha256_text(canonical(graph_picture(spec).model_dump(mode="json"))),
         "general_text": general_text_hash(spec),

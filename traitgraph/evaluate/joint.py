@@ -40,9 +40,13 @@ def joint_spec(spec: Spec) -> Spec | None:
     if not positive:
         return None
     steps = sum(spec.training_settings(n).steps for n in positive)
-    node = NodeSpec.model_validate({
-        "id": JOINT_ID, "description": "joint reference: " + ", ".join(positive), "training": {"steps": steps},
-    })
+    node = NodeSpec.model_validate(
+        {
+            "id": JOINT_ID,
+            "description": "joint reference: " + ", ".join(positive),
+            "training": {"steps": steps},
+        }
+    )
     examples = tuple(ex for n in positive for ex in spec.nodes[n].examples)
     loaded = LoadedNode(spec=node, file=spec.personality_file, examples=examples)
     return dataclasses.replace(spec, nodes={**spec.nodes, JOINT_ID: loaded})
@@ -67,8 +71,9 @@ def joint_vector(spec: Spec, cache, base) -> tuple[Path, str] | None:
     return cache.verify(h), record.sha256
 
 
-def score_joint(model, tokenizer, spec: Spec, order: list[str], vector: tuple[Path, str], memo_dir: Path,
-                fingerprint: str) -> dict[str, list]:
+def score_joint(
+    model, tokenizer, spec: Spec, order: list[str], vector: tuple[Path, str], memo_dir: Path, fingerprint: str
+) -> dict[str, list]:
     """Every node's eval-case scores under base + τ_joint (remembered under τ_joint's hash)."""
     from traitgraph.evaluate.memo import ScoreMemo
     from traitgraph.evaluate.scorer import ModelScorer

@@ -27,12 +27,16 @@ def headline(report) -> list[str]:
     trims = [n.kept_by_trim for n in report.nodes if getattr(n, "kept_by_trim", None) is not None]
     merges = [n.kept_by_merge for n in report.nodes if getattr(n, "kept_by_merge", None) is not None]
     if trims and merges:
-        lines.append(f"Its own trim keeps {sum(trims) / len(trims):.2f} of a node's effect on average; combining "
-                     f"with the other nodes keeps {sum(merges) / len(merges):.2f} of what the trim left.")
+        lines.append(
+            f"Its own trim keeps {sum(trims) / len(trims):.2f} of a node's effect on average; combining "
+            f"with the other nodes keeps {sum(merges) / len(merges):.2f} of what the trim left."
+        )
     joint = [n.kept_of_joint for n in report.nodes if getattr(n, "kept_of_joint", None) is not None]
     if joint:
-        lines.append(f"Against the joint reference (one model trained on every positive node's examples), the build "
-                     f"keeps {sum(joint) / len(joint):.2f} of its gain on average.")
+        lines.append(
+            f"Against the joint reference (one model trained on every positive node's examples), the build "
+            f"keeps {sum(joint) / len(joint):.2f} of its gain on average."
+        )
     lines.append(lost_in_words(report.retention))
     return lines
 
@@ -42,16 +46,23 @@ def kept_table(report) -> list[str]:
     rows = [n for n in report.nodes if n.measure != "none"]
     if not rows:
         return []
-    lines = ["| node | gain alone | gain trimmed | gain linked | kept by trim | kept by merge | kept |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| node | gain alone | gain trimmed | gain linked | kept by trim | kept by merge | kept |",
+        "|---|---|---|---|---|---|---|",
+    ]
 
     def cell(v, fmt):
         return "–" if v is None else format(v, fmt)
 
     for n in rows:
         directed = [None if g is None else n.direction * g for g in (n.gain_alone, n.gain_trimmed, n.gain_linked)]
-        lines.append(f"| {n.id} | " + " | ".join(cell(g, "+.2f") for g in directed) + " | "
-                     + " | ".join(cell(k, ".2f") for k in (n.kept_by_trim, n.kept_by_merge, n.kept)) + " |")
+        lines.append(
+            f"| {n.id} | "
+            + " | ".join(cell(g, "+.2f") for g in directed)
+            + " | "
+            + " | ".join(cell(k, ".2f") for k in (n.kept_by_trim, n.kept_by_merge, n.kept))
+            + " |"
+        )
     return lines
 
 
@@ -66,7 +77,8 @@ def prompts_gate_message(retention, allowed: int) -> str:
     named = ", ".join(f"{p.prompt} -> {p.answer}" for p in lost[:3]) + (", ..." if len(lost) > 3 else "")
     verdict = "<=" if len(lost) <= allowed else ">"
     return f"retention: lost {len(lost)} general prompt(s) the base answers {verdict} budget {allowed}" + (
-        f" ({named})" if lost else "")
+        f" ({named})" if lost else ""
+    )
 
 
 def lost_in_words(retention) -> str:
@@ -77,5 +89,5 @@ def lost_in_words(retention) -> str:
     text = f"General-text loss {'rose' if change >= 0 else 'fell'} {abs(change):.2f}%"
     if not lost:
         return f"**Lost: nothing.** The build still answers all {answered} general prompts the base answers; {text[0].lower() + text[1:]}."
-    items = "; ".join(f"\"{p.prompt}\" (expected {p.answer})" for p in lost[:5]) + ("; ..." if len(lost) > 5 else "")
+    items = "; ".join(f'"{p.prompt}" (expected {p.answer})' for p in lost[:5]) + ("; ..." if len(lost) > 5 else "")
     return f"**Lost: {len(lost)} of {answered} general prompts** the base answers: {items}. {text}."

@@ -36,9 +36,7 @@ def behaviour_table(report: EvalReport) -> str:
             rows.append(f"| {n.id} | {n.weight:+g} | – | | | | | | | | | {n.verdict} |")
             continue
         key = "margin" if n.measure == "margin" else "logprob"
-        wins = (
-            f"{_pct(n.base.win_rate)} → {_pct(n.linked.win_rate)}" if n.measure == "margin" else "–"
-        )
+        wins = f"{_pct(n.base.win_rate)} → {_pct(n.linked.win_rate)}" if n.measure == "margin" else "–"
         rows.append(
             f"| {n.id} | {n.weight:+g} | {n.measure} | {getattr(n.base, key):+.2f} | {getattr(n.alone, key):+.2f} "
             f"| {getattr(n.linked, key):+.2f} | {_f(n.gain_alone)} | {_f(n.gain_linked)} "
@@ -67,9 +65,7 @@ def retention_table(report: EvalReport) -> str:
 def interference_table(report: EvalReport) -> str:
     rows = ["| node | directed gain alone | directed gain linked | kept by the merge |", "|---|---:|---:|---:|"]
     for n in report.nodes:
-        rows.append(
-            f"| {n.id} | {_f(n.directed_gain_alone)} | {_f(n.directed_gain_linked)} | {_pct(n.kept)} |"
-        )
+        rows.append(f"| {n.id} | {_f(n.directed_gain_alone)} | {_f(n.directed_gain_linked)} | {_pct(n.kept)} |")
     return "\n".join(rows)
 
 
@@ -191,8 +187,7 @@ def _training_section(report: EvalReport) -> list[str]:
         return []
     out = ["## Training", "", "| node | steps | final loss | oscillation |", "|---|---:|---:|---:|"]
     out += [
-        f"| {n.id} | {n.training.steps} | {n.training.final_loss:.4f} | {n.training.oscillation:.2f} |"
-        for n in trained
+        f"| {n.id} | {n.training.steps} | {n.training.final_loss:.4f} | {n.training.oscillation:.2f} |" for n in trained
     ]
     out.append("")
     if "loss_curves" in report.figures:
@@ -215,8 +210,15 @@ def _samples_section(report: EvalReport) -> list[str]:
 def render_markdown(report: EvalReport) -> str:
     """``report.md``: tables in markdown and the figures, section by section."""
     out: list[str] = []
-    for section in (_header, _behaviour_section, tests_section, _retention_section, _interference_section, _training_section,
-                    _samples_section):
+    for section in (
+        _header,
+        _behaviour_section,
+        tests_section,
+        _retention_section,
+        _interference_section,
+        _training_section,
+        _samples_section,
+    ):
         out += section(report)
     t = report.timings
     if t:

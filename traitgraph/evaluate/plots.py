@@ -60,8 +60,12 @@ def monitor_series(record: dict) -> tuple[list[int], list[float], list[float], i
     """
     g0 = record["start"]["general"]
     checks = [{"step": 0, **record["start"]}, *record["checks"]]
-    return ([c["step"] for c in checks], [c["validation"] for c in checks],
-            [round(100.0 * (c["general"] - g0) / g0, 6) for c in checks], record.get("best_step"))
+    return (
+        [c["step"] for c in checks],
+        [c["validation"] for c in checks],
+        [round(100.0 * (c["general"] - g0) / g0, 6) for c in checks],
+        record.get("best_step"),
+    )
 
 
 def _plot_monitors(ax_loss, ax_general, nodes, cmap) -> None:
@@ -98,13 +102,21 @@ def plot_loss_curves(report, png: Path) -> Path | None:
     cmap = plt.get_cmap("tab10")
     for i, n in enumerate(nodes):
         curve = n.training.loss_curve
-        ax.plot(range(1, len(curve) + 1), curve, color=cmap(i % 10), lw=1.8,
-                ls="-" if n.direction > 0 else "--", label=f"{n.id} ({n.weight:+g})")
+        ax.plot(
+            range(1, len(curve) + 1),
+            curve,
+            color=cmap(i % 10),
+            lw=1.8,
+            ls="-" if n.direction > 0 else "--",
+            label=f"{n.id} ({n.weight:+g})",
+        )
     if monitored:
         _plot_monitors(ax, axes[0][1], nodes, cmap)
     ax.set_xlabel("step")
     ax.set_ylabel(("training and validation" if monitored else "training") + " loss (response tokens)")
-    ax.set_title("Training loss per node (dashed: negative weight" + ("; dotted: validation, ★ kept)" if monitored else ")"))
+    ax.set_title(
+        "Training loss per node (dashed: negative weight" + ("; dotted: validation, ★ kept)" if monitored else ")")
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     return _save(fig, png)
@@ -127,8 +139,15 @@ def plot_behaviour(report, png: Path) -> Path | None:
             (i + width / 2, n.directed_gain_linked, {}),
         ):
             ax.bar(x, value, width, color=c, **style)
-            ax.annotate(f"{value:+.2f}", (x, value), ha="center", va="bottom" if value >= 0 else "top",
-                        fontsize=7, xytext=(0, 2 if value >= 0 else -2), textcoords="offset points")
+            ax.annotate(
+                f"{value:+.2f}",
+                (x, value),
+                ha="center",
+                va="bottom" if value >= 0 else "top",
+                fontsize=7,
+                xytext=(0, 2 if value >= 0 else -2),
+                textcoords="offset points",
+            )
     ax.axhline(0, color="black", lw=0.8)
     floor = report.settings.min_behaviour_gain
     if floor != 0:
@@ -144,7 +163,11 @@ def plot_behaviour(report, png: Path) -> Path | None:
             Patch(color=POSITIVE, label="weight > 0: behaviour should rise"),
             Patch(color=NEGATIVE, label="weight < 0: behaviour should fall"),
         ],
-        fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2,
+        fontsize=8,
+        frameon=False,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.18),
+        ncol=2,
     )
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, png)
@@ -155,7 +178,11 @@ def plot_retention(report, png: Path) -> Path:
     plt = _pyplot()
     r = report.retention
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 4))
-    ax1.bar(["base", "built"], [r.base_loss, r.linked_loss], color=[GREY, POSITIVE if r.change_pct <= report.settings.max_retention_loss_pct else NEGATIVE])
+    ax1.bar(
+        ["base", "built"],
+        [r.base_loss, r.linked_loss],
+        color=[GREY, POSITIVE if r.change_pct <= report.settings.max_retention_loss_pct else NEGATIVE],
+    )
     budget = r.base_loss * (1 + report.settings.max_retention_loss_pct / 100)
     ax1.axhline(budget, color=NEGATIVE, ls="--", lw=1, label=f"budget +{report.settings.max_retention_loss_pct:g}%")
     ax1.set_ylim(0, max(budget, r.linked_loss) * 1.3)
@@ -218,8 +245,15 @@ def plot_test_pass_rates(report, png: Path) -> Path | None:
         for x, (passed, total), colour in ((i - width / 2, base, GREY), (i + width / 2, built, POSITIVE)):
             value = 100 * passed / total if total else 0.0
             ax.bar(x, value, width, color=colour)
-            ax.annotate(f"{passed}/{total}", (x, value), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 2), textcoords="offset points")
+            ax.annotate(
+                f"{passed}/{total}",
+                (x, value),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
     handles = [Patch(color=GREY, label="base"), Patch(color=POSITIVE, label="built")]
     floor = report.settings.min_test_pass_rate
     if floor > 0:

@@ -54,10 +54,31 @@ from traitgraph.evaluate.schema import (
 )
 
 __all__ = [
-    "FIGURES_DIR", "FORMAT", "REPORT_JSON", "REPORT_MD", "CaseRow", "EvalReport", "Gate", "GraphPicture",
-    "Interference", "ModelScore", "NodeResult", "PromptResult", "Retention", "Sample", "TrainingTrace",
-    "behaviour_table", "check_gates", "gate_failure_message", "gates_table", "interference_table",
-    "print_summary", "read_report", "render_markdown", "retention_table", "write_report",
+    "FIGURES_DIR",
+    "FORMAT",
+    "REPORT_JSON",
+    "REPORT_MD",
+    "CaseRow",
+    "EvalReport",
+    "Gate",
+    "GraphPicture",
+    "Interference",
+    "ModelScore",
+    "NodeResult",
+    "PromptResult",
+    "Retention",
+    "Sample",
+    "TrainingTrace",
+    "behaviour_table",
+    "check_gates",
+    "gate_failure_message",
+    "gates_table",
+    "interference_table",
+    "print_summary",
+    "read_report",
+    "render_markdown",
+    "retention_table",
+    "write_report",
 ]
 
 

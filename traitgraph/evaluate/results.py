@@ -56,8 +56,15 @@ def prompt_text(case) -> str:
 
 
 def node_result(
-    spec: Spec, node_id: str, weight: float, base: Sequence, alone: Sequence, linked: Sequence,
-    samples: list[Sample], training: TrainingTrace | None, cases: Sequence[EvalCase] | None = None,
+    spec: Spec,
+    node_id: str,
+    weight: float,
+    base: Sequence,
+    alone: Sequence,
+    linked: Sequence,
+    samples: list[Sample],
+    training: TrainingTrace | None,
+    cases: Sequence[EvalCase] | None = None,
 ) -> NodeResult:
     """One node's behaviour score from its cases' scores under the three models
     (``cases``: its ``eval`` cases unless given, e.g. its ``ood`` cases)."""
@@ -65,9 +72,14 @@ def node_result(
     cases = node.eval if cases is None else cases
     direction = 1 if weight > 0 else -1
     common = dict(
-        id=node_id, description=node.description.strip(), weight=weight, direction=direction,
-        n_cases=len(cases), n_contrastive=sum(c.rejected is not None for c in cases),
-        samples=samples, training=training,
+        id=node_id,
+        description=node.description.strip(),
+        weight=weight,
+        direction=direction,
+        n_cases=len(cases),
+        n_contrastive=sum(c.rejected is not None for c in cases),
+        samples=samples,
+        training=training,
     )
     if not cases:
         return NodeResult(measure="none", **common)
@@ -77,12 +89,20 @@ def node_result(
     gain_linked = _measure(scores["linked"], measure) - _measure(scores["base"], measure)
     directed_alone = direction * gain_alone
     return NodeResult(
-        measure=measure, **common, **scores,
-        gain_alone=gain_alone, gain_linked=gain_linked,
+        measure=measure,
+        **common,
+        **scores,
+        gain_alone=gain_alone,
+        gain_linked=gain_linked,
         kept=(direction * gain_linked) / directed_alone if directed_alone > 0 else None,
         cases=[
-            CaseRow(prompt=prompt_text(c), has_rejected=c.rejected is not None,
-                    base=_case_value(b), alone=_case_value(a), linked=_case_value(li))
+            CaseRow(
+                prompt=prompt_text(c),
+                has_rejected=c.rejected is not None,
+                base=_case_value(b),
+                alone=_case_value(a),
+                linked=_case_value(li),
+            )
             for c, b, a, li in zip(cases, base, alone, linked, strict=True)
         ],
     )
@@ -94,8 +114,16 @@ def scored_cases(spec: Spec, node_id: str) -> list[EvalCase]:
     return [*node.eval, *node.ood]
 
 
-def with_ood(spec: Spec, node_id: str, weight: float, base: Sequence, alone: Sequence, linked: Sequence,
-             samples: list[Sample], training: TrainingTrace | None) -> NodeResult:
+def with_ood(
+    spec: Spec,
+    node_id: str,
+    weight: float,
+    base: Sequence,
+    alone: Sequence,
+    linked: Sequence,
+    samples: list[Sample],
+    training: TrainingTrace | None,
+) -> NodeResult:
     """The node's result on its eval cases, with its ``ood`` cases' result attached."""
     node = spec.nodes[node_id].spec
     k = len(node.eval)
@@ -118,17 +146,27 @@ def samples_by_node(sample_cases: dict[str, list], base: list[str], built: list[
     return out
 
 
-def retention(text_path: Path | None, lines: list[str], base_text, linked_text, prompts, base_answers,
-              linked_answers) -> Retention:
+def retention(
+    text_path: Path | None, lines: list[str], base_text, linked_text, prompts, base_answers, linked_answers
+) -> Retention:
     """General-text loss and general-prompt answers of the base and of the built model."""
     from traitgraph.evaluate.scores import contains_answer
 
     return Retention(
         text_source="shipped" if text_path is None else str(text_path),
-        lines=len(lines), tokens=base_text.tokens, base_loss=base_text.loss, linked_loss=linked_text.loss,
+        lines=len(lines),
+        tokens=base_text.tokens,
+        base_loss=base_text.loss,
+        linked_loss=linked_text.loss,
         prompts=[
-            PromptResult(prompt=p["prompt"], answer=p["answer"], base_output=b, built_output=li,
-                         base_ok=contains_answer(b, p["answer"]), built_ok=contains_answer(li, p["answer"]))
+            PromptResult(
+                prompt=p["prompt"],
+                answer=p["answer"],
+                base_output=b,
+                built_output=li,
+                base_ok=contains_answer(b, p["answer"]),
+                built_ok=contains_answer(li, p["answer"]),
+            )
             for p, b, li in zip(prompts, base_answers, linked_answers)
         ],
     )
@@ -148,8 +186,11 @@ def training_traces(vectors: dict[str, Path], notes: list[str]) -> dict[str, Tra
             failed.append((node_id, exc))
             continue
         traces[node_id] = TrainingTrace(
-            steps=meta.steps, final_loss=meta.final_loss, oscillation=meta.oscillation,
-            loss_curve=list(meta.loss_curve), monitor=meta.monitor,
+            steps=meta.steps,
+            final_loss=meta.final_loss,
+            oscillation=meta.oscillation,
+            loss_curve=list(meta.loss_curve),
+            monitor=meta.monitor,
         )
     if failed:
         notes.append(f"no loss curve for {', '.join(n for n, _ in failed)}: {failed[0][1]}")

@@ -174,17 +174,24 @@ def _gather(plan: BuildPlan) -> _Work:
     locked = {n.id: n for n in lock.nodes}
     order = [n for n in spec.build_order() if n in locked]
     work = _Work(
-        plan=plan, lock=lock, inputs=inputs, order=order,
+        plan=plan,
+        lock=lock,
+        inputs=inputs,
+        order=order,
         vectors={n: plan.cache.verify(locked[n].training_hash) for n in order},
-        lines=load_general_text(general_text_file(spec)), prompts=general_prompts(),
+        lines=load_general_text(general_text_file(spec)),
+        prompts=general_prompts(),
         sample_cases={n: list(spec.nodes[n].spec.eval[:SAMPLES_PER_NODE]) for n in order},
     )
-    work.tests = behaviour_tests_of_build(spec, order, work.prompts, spec.personality.eval.max_new_tokens,
-                                          PROMPT_NEW_TOKENS)
+    work.tests = behaviour_tests_of_build(
+        spec, order, work.prompts, spec.personality.eval.max_new_tokens, PROMPT_NEW_TOKENS
+    )
     skipped = sorted(set(spec.nodes) ^ set(locked))
     if skipped:
-        work.notes.append(f"the specs and the last build disagree on nodes {', '.join(skipped)}, which are not "
-                          "scored; run `traitgraph build` to evaluate the current specs")
+        work.notes.append(
+            f"the specs and the last build disagree on nodes {', '.join(skipped)}, which are not "
+            "scored; run `traitgraph build` to evaluate the current specs"
+        )
     return work
 
 
@@ -238,8 +245,9 @@ def _score_references(model, tokenizer, fingerprint: str, work: _Work, clock: _C
     from traitgraph.compiler.base_model import resolve_base
 
     with clock.phase("score each node trimmed"):  # the merge's own trim of each node, alone
-        trimmed = score_trimmed(model, tokenizer, work.plan.spec, work.order, work.vectors, work.lock,
-                                work.memo_dir, fingerprint)
+        trimmed = score_trimmed(
+            model, tokenizer, work.plan.spec, work.order, work.vectors, work.lock, work.memo_dir, fingerprint
+        )
     joint: dict[str, list] = {}
     if work.plan.spec.personality.eval.joint_reference:
         with clock.phase("joint reference"):
@@ -254,8 +262,15 @@ def _load_linked(plan: BuildPlan):
     return load_model(ResolvedBase(reference=str(plan.out.checkpoint), path=plan.out.checkpoint, fingerprint=""))
 
 
-def _assemble(work: _Work, base: _ModelScores, alone: dict[str, list], linked: _ModelScores, interference,
-              clock: _Clock, extra: dict[str, dict[str, list]]) -> EvalReport:
+def _assemble(
+    work: _Work,
+    base: _ModelScores,
+    alone: dict[str, list],
+    linked: _ModelScores,
+    interference,
+    clock: _Clock,
+    extra: dict[str, dict[str, list]],
+) -> EvalReport:
     """The report from every model's scores (``extra``: trimmed and joint-reference case scores)."""
     spec, settings, by_id = work.plan.spec, work.plan.spec.personality.eval, work.by_id
     samples = samples_by_node(work.sample_cases, base.samples, linked.samples)
@@ -265,17 +280,30 @@ def _assemble(work: _Work, base: _ModelScores, alone: dict[str, list], linked: _
         for n in work.order
     ]
     nodes = [with_joint(with_trimmed(n, extra["trimmed"].get(n.id)), extra["joint"].get(n.id)) for n in nodes]
-    kept = retention(general_text_file(spec), work.lines, base.text, linked.text, work.prompts, base.answers,
-                     linked.answers)
+    kept = retention(
+        general_text_file(spec), work.lines, base.text, linked.text, work.prompts, base.answers, linked.answers
+    )
     tests = BehaviourTestReport(base=base.tests, built=linked.tests)
     gates = check_gates(settings, nodes, kept) + [
         Gate(name=g.name, passed=g.passed, message=g.message) for g in tests.gates(settings)
     ]
     return EvalReport(
-        traitgraph_version=__version__, personality=spec.personality.name, base=work.lock.base.reference,
-        checkpoint=str(work.plan.out.checkpoint), settings=settings, inputs=work.inputs, graph=graph_picture(spec),
-        nodes=nodes, retention=kept, interference=interference, tests=tests, gates=gates,
-        passed=all(g.passed for g in gates), seconds=clock.seconds, timings=clock.timings, notes=work.notes,
+        traitgraph_version=__version__,
+        personality=spec.personality.name,
+        base=work.lock.base.reference,
+        checkpoint=str(work.plan.out.checkpoint),
+        settings=settings,
+        inputs=work.inputs,
+        graph=graph_picture(spec),
+        nodes=nodes,
+        retention=kept,
+        interference=interference,
+        tests=tests,
+        gates=gates,
+        passed=all(g.passed for g in gates),
+        seconds=clock.seconds,
+        timings=clock.timings,
+        notes=work.notes,
     )
 
 
@@ -316,7 +344,9 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
         interference = measure_interference(
             {n: (work.vectors[n], by_id[n].weight) for n in work.order},
             {n: by_id[n].vector_sha256 for n in work.order},
-            work.lock.merge.density, ScoreMemo(work.memo_dir, "interference"), work.notes,
+            work.lock.merge.density,
+            ScoreMemo(work.memo_dir, "interference"),
+            work.notes,
         )
     return _assemble(work, base, alone, linked, interference, clock, extra)
 
@@ -332,8 +362,9 @@ def run_eval(plan: BuildPlan, *, threads: int | None = None, progress: bool = Tr
     write_model_card(plan.out.root, plan.spec)  # the card shows the new results
     print(print_summary(report))
     print(f"report: {plan.out.root / REPORT_MD}")
-    log_event(plan.out, "eval", seconds=report.seconds, passed=report.passed,
-              failed=[g.name for g in report.failures()])
+    log_event(
+        plan.out, "eval", seconds=report.seconds, passed=report.passed, failed=[g.name for g in report.failures()]
+    )
     if not report.passed:
         raise BuildError(gate_failure_message(report, plan.out.root))
     return report

@@ -224,8 +224,14 @@ class Interference(_Model):
         def rows(m):
             return [[None if math.isnan(x) else float(x) for x in row] for row in m]
 
-        return cls(names=list(result.names), density=result.density, entries=result.entries,
-                   cosine=rows(result.cosine), overlap=rows(result.overlap), conflict=rows(result.conflict))
+        return cls(
+            names=list(result.names),
+            density=result.density,
+            entries=result.entries,
+            cosine=rows(result.cosine),
+            overlap=rows(result.overlap),
+            conflict=rows(result.conflict),
+        )
 
     def to_result(self):
         from traitgraph.linker.interference import InterferenceResult
@@ -233,8 +239,9 @@ class Interference(_Model):
         def rows(m):
             return [[float("nan") if x is None else x for x in row] for row in m]
 
-        return InterferenceResult(list(self.names), self.density, rows(self.cosine), rows(self.overlap),
-                                  rows(self.conflict), self.entries)
+        return InterferenceResult(
+            list(self.names), self.density, rows(self.cosine), rows(self.overlap), rows(self.conflict), self.entries
+        )
 
 
 class Gate(_Model):
@@ -292,8 +299,12 @@ def read_report(path: str | Path) -> EvalReport:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise BuildError(f"no evaluation report at {path}; run `traitgraph eval` (or `traitgraph build`) first") from None
+        raise BuildError(
+            f"no evaluation report at {path}; run `traitgraph eval` (or `traitgraph build`) first"
+        ) from None
     try:
         return EvalReport.model_validate_json(text)
     except ValueError as exc:
-        raise BuildError(f"{path}: not a traitgraph evaluation report ({exc.__class__.__name__}); run `traitgraph eval` again") from None
+        raise BuildError(
+            f"{path}: not a traitgraph evaluation report ({exc.__class__.__name__}); run `traitgraph eval` again"
+        ) from None

@@ -87,9 +87,7 @@ def _score_encoded(model, tokenizer, encoded: Sequence[EncodedExample], batch_si
     return out  # type: ignore[return-value]
 
 
-def score_responses(
-    model, tokenizer, examples: Sequence[Example], *, batch_size: int = 8
-) -> list[ResponseScore]:
+def score_responses(model, tokenizer, examples: Sequence[Example], *, batch_size: int = 8) -> list[ResponseScore]:
     """The log-probability of each example's ``response`` given its context (chat template applied)."""
     encoded = [
         encode_example(tokenizer, ex, max_length=MAX_EVAL_TOKENS, where=f"eval case {i}")

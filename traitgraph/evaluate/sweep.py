@@ -55,7 +55,9 @@ class PointResult(BaseModel):
     min_kept: float | None = None
     kept: dict[str, float | None] = Field(default_factory=dict, description="Per node.")
     loss_change_pct: float | None = Field(default=None, description="General-text loss change, percent.")
-    prompts_lost: int | None = Field(default=None, description="General prompts the base answers and this point does not.")
+    prompts_lost: int | None = Field(
+        default=None, description="General prompts the base answers and this point does not."
+    )
     prompts_kept: str | None = Field(default=None, description="Built / base-answered general prompts, e.g. 28/28.")
     passed: bool | None = Field(default=None, description="Every gate of eval: passed.")
     failed_gates: list[str] = Field(default_factory=list)
@@ -125,12 +127,23 @@ def _run_point(plan: BuildPlan, name: str, settings: dict[str, Any]) -> PointRes
     plan.out.root.mkdir(parents=True, exist_ok=True)
     log = plan.out.root / "sweep.log"
     try:
-        with OutputLock(plan.out), open(log, "w", encoding="utf-8") as fh, \
-                contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        with (
+            OutputLock(plan.out),
+            open(log, "w", encoding="utf-8") as fh,
+            contextlib.redirect_stdout(fh),
+            contextlib.redirect_stderr(fh),
+        ):
             trained, report, evaluated = _build_point(plan)
         metrics = point_metrics(report)
-        return PointResult(name=name, settings=settings, ok=True, trained=trained, evaluated=evaluated,
-                           seconds=round(time.perf_counter() - t0, 1), **metrics)
+        return PointResult(
+            name=name,
+            settings=settings,
+            ok=True,
+            trained=trained,
+            evaluated=evaluated,
+            seconds=round(time.perf_counter() - t0, 1),
+            **metrics,
+        )
     except UserError as exc:  # SpecError and BuildError included
         error = str(exc)
     except Exception as exc:  # noqa: BLE001 (a broken point is reported, not fatal; traceback in its log)
@@ -168,8 +181,13 @@ def run_sweep(
         for i, (point, point_spec) in enumerate(zip(points, specs), start=1):
             name = f"p{i:0{width}d}"
             bar.set_postfix_str(f"{name} " + " ".join(f"{k}={v}" for k, v in point.items()))
-            plan = BuildPlan(spec=point_spec, fingerprint=fingerprint, hashes=node_hashes(point_spec, fingerprint),
-                             cache=VectorCache(cache_dir), out=OutputLayout(root / name))
+            plan = BuildPlan(
+                spec=point_spec,
+                fingerprint=fingerprint,
+                hashes=node_hashes(point_spec, fingerprint),
+                cache=VectorCache(cache_dir),
+                out=OutputLayout(root / name),
+            )
             result = _run_point(plan, name, point)
             results.append(result)
             bar.write(_one_line(result))
@@ -186,5 +204,7 @@ def _one_line(p: PointResult) -> str:
         return f"{p.name} {settings}: FAILED: {p.error}"
     kept = "n/a" if p.mean_kept is None else f"{p.mean_kept:.2f}"
     gates = "passed" if p.passed else "gates failed: " + ", ".join(p.failed_gates)
-    return (f"{p.name} {settings}: mean kept {kept}, general text {p.loss_change_pct:+.2f}%, "
-            f"prompts {p.prompts_kept}, {gates} ({p.seconds:.0f}s)")
+    return (
+        f"{p.name} {settings}: mean kept {kept}, general text {p.loss_change_pct:+.2f}%, "
+        f"prompts {p.prompts_kept}, {gates} ({p.seconds:.0f}s)"
+    )

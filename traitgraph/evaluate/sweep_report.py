@@ -30,7 +30,8 @@ def pareto_front(points: Sequence) -> list[str]:
 
     def beaten(p) -> bool:
         return any(
-            q.mean_kept >= p.mean_kept and q.loss_change_pct <= p.loss_change_pct
+            q.mean_kept >= p.mean_kept
+            and q.loss_change_pct <= p.loss_change_pct
             and (q.mean_kept > p.mean_kept or q.loss_change_pct < p.loss_change_pct)
             for q in scored
         )
@@ -53,7 +54,8 @@ def render_sweep_markdown(sweep) -> str:
             "answers that the point still answers. ★ = on the Pareto front (kept up, loss change down)."
         ),
         "",
-        "| point | " + " | ".join(f"`{p}`" for p in sweep.paths)
+        "| point | "
+        + " | ".join(f"`{p}`" for p in sweep.paths)
         + " | mean kept | min kept | general text | prompts | gates | s |",
         "|---" * (len(sweep.paths) + 7) + "|",
     ]
@@ -84,8 +86,14 @@ def plot_sweep(sweep, png: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     front = sorted((p for p in scored if p.name in sweep.pareto), key=lambda p: p.loss_change_pct)
     ax.scatter([p.loss_change_pct for p in scored], [p.mean_kept for p in scored], color="#8a8f98", zorder=2)
-    ax.plot([p.loss_change_pct for p in front], [p.mean_kept for p in front], "o-", color="#2a9d4b",
-            label="Pareto front", zorder=3)
+    ax.plot(
+        [p.loss_change_pct for p in front],
+        [p.mean_kept for p in front],
+        "o-",
+        color="#2a9d4b",
+        label="Pareto front",
+        zorder=3,
+    )
     for p in scored:
         ax.annotate(p.name, (p.loss_change_pct, p.mean_kept), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("general-text loss change vs base (%)")
@@ -102,4 +110,3 @@ def write_sweep(sweep, root: Path) -> None:
     plot_sweep(sweep, root / SWEEP_PNG)
     write_text_atomic(root / SWEEP_MD, render_sweep_markdown(sweep))
     write_text_atomic(root / SWEEP_JSON, json.dumps(sweep.model_dump(mode="json"), indent=1) + "\n")
-

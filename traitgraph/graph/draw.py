@@ -30,8 +30,11 @@ def _quote(text: str) -> str:
 
 def to_dot(g: nx.DiGraph) -> str:
     """The graph in Graphviz DOT, coloured like the picture."""
-    lines = [f"digraph {_quote(g.graph.get('name', 'personality'))} {{", "  rankdir=LR;",
-             '  node [shape=box, style="rounded,filled", fontcolor=white, fontname="Helvetica"];']
+    lines = [
+        f"digraph {_quote(g.graph.get('name', 'personality'))} {{",
+        "  rankdir=LR;",
+        '  node [shape=box, style="rounded,filled", fontcolor=white, fontname="Helvetica"];',
+    ]
     for node_id, data in sorted(g.nodes(data=True)):
         w = data.get("weight", 1.0)
         colour = POSITIVE if w >= 0 else NEGATIVE
@@ -70,19 +73,36 @@ def draw_graph(g: nx.DiGraph, out: str | Path, title: str | None = None) -> Path
         edges = [(u, v) for u, v, k in g.edges(data="kind") if k == kind]
         if edges:
             nx.draw_networkx_edges(
-                g, pos, edgelist=edges, ax=ax, edge_color=colour, style=style, width=2.0,
-                arrows=True, arrowsize=18, connectionstyle="arc3,rad=0.08",
-                min_source_margin=45, min_target_margin=45,  # stop outside the label boxes
+                g,
+                pos,
+                edgelist=edges,
+                ax=ax,
+                edge_color=colour,
+                style=style,
+                width=2.0,
+                arrows=True,
+                arrowsize=18,
+                connectionstyle="arc3,rad=0.08",
+                min_source_margin=45,
+                min_target_margin=45,  # stop outside the label boxes
             )
     for n, (x, y) in pos.items():
         w = g.nodes[n].get("weight", 1.0)
         ax.text(
-            x, y, f"{n}\nweight {w:+g}", ha="center", va="center", color="white",
-            fontsize=9 + min(abs(w), 2.0), fontweight="bold",
+            x,
+            y,
+            f"{n}\nweight {w:+g}",
+            ha="center",
+            va="center",
+            color="white",
+            fontsize=9 + min(abs(w), 2.0),
+            fontweight="bold",
             bbox=dict(boxstyle="round,pad=0.6", fc=POSITIVE if w >= 0 else NEGATIVE, ec="none", alpha=0.95),
         )
-    handles = [Patch(color=POSITIVE, label="adds a behaviour (weight > 0)"),
-               Patch(color=NEGATIVE, label="subtracts a behaviour (weight < 0)")]
+    handles = [
+        Patch(color=POSITIVE, label="adds a behaviour (weight > 0)"),
+        Patch(color=NEGATIVE, label="subtracts a behaviour (weight < 0)"),
+    ]
     handles += [Line2D([0], [0], color=c, linestyle=s, lw=2, label=k) for k, (c, s, _) in EDGE_STYLE.items()]
     ax.legend(handles=handles, loc="lower left", fontsize=8, frameon=False, bbox_to_anchor=(0, -0.08))
     ax.set_title(title or g.graph.get("name", "personality"))

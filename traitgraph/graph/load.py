@@ -72,9 +72,7 @@ class Spec:
 
     def dependencies(self, node_id: str) -> list[str]:
         """Nodes whose task vectors this node trains on top of (its ``refines`` targets)."""
-        return sorted(
-            {e.to for e in self.nodes[node_id].spec.edges if e.kind in DEPENDENCY_EDGE_KINDS}
-        )
+        return sorted({e.to for e in self.nodes[node_id].spec.edges if e.kind in DEPENDENCY_EDGE_KINDS})
 
     def graph(self) -> nx.DiGraph:
         """The personality as a directed graph: one vertex per node, one edge per spec edge."""
@@ -111,9 +109,7 @@ _HINTS = {
 }
 
 
-def _validation_problems(
-    exc: ValidationError, file: Path, node: str | None, prefix: str = ""
-) -> list[SpecProblem]:
+def _validation_problems(exc: ValidationError, file: Path, node: str | None, prefix: str = "") -> list[SpecProblem]:
     problems = []
     for err in exc.errors():
         path = field_path(err["loc"])
@@ -149,7 +145,8 @@ class _StrictLoader(yaml.SafeLoader):
                     continue
                 if seen:
                     raise _DuplicateKey(
-                        None, None,
+                        None,
+                        None,
                         f"duplicate key '{key}' (first given at line {first[key] + 1})",
                         key_node.start_mark,
                     )
@@ -183,8 +180,14 @@ def _read_yaml_mapping(file: Path, problems: list[SpecProblem], node: str | None
     try:
         text = read_confined(file, specs_dir)
     except OutsideSpecs as exc:
-        problems.append(SpecProblem(file=file, node=node, message=f"cannot read file: {exc}",
-                                    hint="spec files are regular files inside the specs directory"))
+        problems.append(
+            SpecProblem(
+                file=file,
+                node=node,
+                message=f"cannot read file: {exc}",
+                hint="spec files are regular files inside the specs directory",
+            )
+        )
         return None
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
@@ -195,7 +198,8 @@ def _read_yaml_mapping(file: Path, problems: list[SpecProblem], node: str | None
         mark = exc.problem_mark
         problems.append(
             SpecProblem(
-                file=file, node=node,
+                file=file,
+                node=node,
                 message=f"YAML error at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}",
                 hint="give each key once; later values would otherwise silently replace earlier ones",
             )
@@ -244,7 +248,9 @@ def _load_examples_file(
     if not target.is_relative_to(root):
         problems.append(
             SpecProblem(
-                file=node_file, node=node.id, field="examples_file",
+                file=node_file,
+                node=node.id,
+                field="examples_file",
                 message=f"'{rel}' points outside the specs directory {specs_dir}",
                 hint="keep data files inside the specs directory so the specs are self-contained",
             )
@@ -253,7 +259,9 @@ def _load_examples_file(
     if not target.exists():
         problems.append(
             SpecProblem(
-                file=node_file, node=node.id, field="examples_file",
+                file=node_file,
+                node=node.id,
+                field="examples_file",
                 message=f"data file '{rel}' does not exist (looked for {target})",
                 hint="paths are relative to the node file",
             )
@@ -264,9 +272,11 @@ def _load_examples_file(
     except OutsideSpecs as exc:
         problems.append(
             SpecProblem(
-                file=node_file, node=node.id, field="examples_file",
+                file=node_file,
+                node=node.id,
+                field="examples_file",
                 message=f"cannot read data file '{rel}' ({exc})",
-                hint="examples files are UTF-8 JSON Lines: one {\"context\": ..., \"response\": ...} per line",
+                hint='examples files are UTF-8 JSON Lines: one {"context": ..., "response": ...} per line',
             )
         )
         return (), None
@@ -277,8 +287,9 @@ def _load_examples_file(
         try:
             raw = json.loads(line, object_pairs_hook=_unique_json_object)
         except RecursionError:
-            problems.append(SpecProblem(file=target, node=node.id, field=f"line {lineno}",
-                                        message="JSON nested too deeply to read"))
+            problems.append(
+                SpecProblem(file=target, node=node.id, field=f"line {lineno}", message="JSON nested too deeply to read")
+            )
             continue
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
             msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
@@ -305,10 +316,14 @@ def _check_general_text(rel: str, personality_file: Path, specs_dir: Path, probl
     try:
         confined_path(specs_dir / rel, specs_dir)
     except OutsideSpecs as exc:
-        problems.append(SpecProblem(
-            file=personality_file, field="eval.general_text", message=str(exc),
-            hint="a UTF-8 text file inside the specs directory, path relative to it",
-        ))
+        problems.append(
+            SpecProblem(
+                file=personality_file,
+                field="eval.general_text",
+                message=str(exc),
+                hint="a UTF-8 text file inside the specs directory, path relative to it",
+            )
+        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -327,8 +342,15 @@ def load_specs(specs_dir: str | Path) -> Spec:
     problems: list[SpecProblem] = []
     if not specs_dir.is_dir():
         what = "is a file, not a directory" if specs_dir.exists() else "does not exist"
-        raise SpecError([SpecProblem(file=specs_dir, message=f"specs directory {what}",
-                                     hint="pass the directory that holds personality.yaml and nodes/")])
+        raise SpecError(
+            [
+                SpecProblem(
+                    file=specs_dir,
+                    message=f"specs directory {what}",
+                    hint="pass the directory that holds personality.yaml and nodes/",
+                )
+            ]
+        )
     personality_file = specs_dir / PERSONALITY_FILE
     personality = _load_personality(personality_file, specs_dir, problems)
     node_files = _node_files(specs_dir / NODES_DIR, problems)
@@ -352,7 +374,8 @@ def _load_personality(personality_file: Path, specs_dir: Path, problems: list[Sp
     if not personality_file.is_file():
         problems.append(
             SpecProblem(
-                file=personality_file, message="missing personality file",
+                file=personality_file,
+                message="missing personality file",
                 hint="create it with at least `name:`; see specs/personality.yaml in the traitgraph repo",
             )
         )
@@ -366,12 +389,16 @@ def _load_personality(personality_file: Path, specs_dir: Path, problems: list[Sp
 
 def _node_files(nodes_dir: Path, problems: list[SpecProblem]) -> list[Path]:
     # Hidden files (editor locks and backups such as `.#voice.yaml`) are not nodes.
-    node_files = sorted(
-        p for p in [*nodes_dir.glob("*.yaml"), *nodes_dir.glob("*.yml")] if not p.name.startswith(".")
-    ) if nodes_dir.is_dir() else []
+    node_files = (
+        sorted(p for p in [*nodes_dir.glob("*.yaml"), *nodes_dir.glob("*.yml")] if not p.name.startswith("."))
+        if nodes_dir.is_dir()
+        else []
+    )
     if not node_files:
         problems.append(
-            SpecProblem(file=nodes_dir, message="no node files (nodes/<id>.yaml)", hint="add at least one behaviour node")
+            SpecProblem(
+                file=nodes_dir, message="no node files (nodes/<id>.yaml)", hint="add at least one behaviour node"
+            )
         )
     return node_files
 
@@ -391,7 +418,9 @@ def _load_node(
     if node.id != stem:
         problems.append(
             SpecProblem(
-                file=file, node=node.id, field="id",
+                file=file,
+                node=node.id,
+                field="id",
                 message=f"id '{node.id}' differs from the file name '{file.name}'",
                 hint=f"rename the file to {node.id}.yaml or set `id: {stem}`",
             )
@@ -400,7 +429,9 @@ def _load_node(
     if node.id in loaded:
         problems.append(
             SpecProblem(
-                file=file, node=node.id, field="id",
+                file=file,
+                node=node.id,
+                field="id",
                 message=f"duplicate id: also defined in {loaded[node.id].file}",
                 hint="keep one of nodes/<id>.yaml and nodes/<id>.yml",
             )
@@ -421,14 +452,20 @@ def _content_problems(node: NodeSpec, file: Path, examples, problems: list[SpecP
     if not examples and node.examples_file is None:
         problems.append(
             SpecProblem(
-                file=file, node=node.id, field="examples", message="no training examples",
+                file=file,
+                node=node.id,
+                field="examples",
+                message="no training examples",
                 hint="add at least one {context, response} under `examples:` or set `examples_file:`",
             )
         )
     if not node.eval:
         problems.append(
             SpecProblem(
-                file=file, node=node.id, field="eval", message="no held-out eval cases",
+                file=file,
+                node=node.id,
+                field="eval",
+                message="no held-out eval cases",
                 hint="add cases under `eval:` (with `rejected:` for contrastive scoring)",
             )
         )
@@ -438,7 +475,9 @@ def _content_problems(node: NodeSpec, file: Path, examples, problems: list[SpecP
             if tuple(map(str, case.chat())) in trained:
                 problems.append(
                     SpecProblem(
-                        file=file, node=node.id, field=f"{kind}[{i}]",
+                        file=file,
+                        node=node.id,
+                        field=f"{kind}[{i}]",
                         message=f"this {kind} case repeats a training context, so it is not held out",
                         hint=f"write a new context for the {kind} case",
                     )
@@ -479,7 +518,8 @@ def _graph_problems(
                 problems.append(
                     SpecProblem(
                         **where,
-                        message=f"duplicate `{edge.kind}` edge to '{edge.to}'" if first == edge.kind
+                        message=f"duplicate `{edge.kind}` edge to '{edge.to}'"
+                        if first == edge.kind
                         else f"a second edge to '{edge.to}' (`{edge.kind}`, after `{first}`)",
                         hint="keep one edge per pair of nodes",
                     )
@@ -490,28 +530,29 @@ def _graph_problems(
                 deps.add_edge(node_id, edge.to)
     # simple_cycles' order and starting points vary with the hash seed: start
     # each cycle at its smallest id and sort, so the message is the same every run.
-    cycles = sorted(c[c.index(min(c)):] + c[: c.index(min(c))] for c in nx.simple_cycles(deps))
+    cycles = sorted(c[c.index(min(c)) :] + c[: c.index(min(c))] for c in nx.simple_cycles(deps))
     for cycle in cycles:
         first = cycle[0]
         problems.append(
             SpecProblem(
-                file=nodes[first].file, node=first, field="edges",
+                file=nodes[first].file,
+                node=first,
+                field="edges",
                 message="dependency cycle: " + " -> ".join([*cycle, cycle[0]]) + " (via `refines` edges)",
                 hint="a node cannot be trained on top of itself; make one of these edges `related`",
             )
         )
 
 
-def _node_setting_problems(
-    personality: Personality, file: Path, known: set[str], problems: list[SpecProblem]
-) -> None:
+def _node_setting_problems(personality: Personality, file: Path, known: set[str], problems: list[SpecProblem]) -> None:
     """Settings keyed by node id (``eval.node_test_pass_rate``) name real nodes."""
     for node_id in sorted(personality.eval.node_test_pass_rate):
         if node_id not in known:
             close = _near_miss(node_id, sorted(known))
             problems.append(
                 SpecProblem(
-                    file=file, field=f"eval.node_test_pass_rate.{node_id}",
+                    file=file,
+                    field=f"eval.node_test_pass_rate.{node_id}",
                     message=f"unknown node '{node_id}'",
                     hint=f"did you mean '{close}'?" if close else f"known nodes: {', '.join(sorted(known))}",
                 )

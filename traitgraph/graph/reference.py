@@ -67,19 +67,21 @@ def reference_table(model: type[BaseModel], prefix: str = "") -> str:
 
 def spec_reference() -> str:
     """The README's "Spec reference" body, between :data:`START` and :data:`END`."""
-    return "\n".join([
-        START,
-        "",
-        "### `specs/personality.yaml`",
-        "",
-        reference_table(Personality),
-        "",
-        "### `specs/nodes/<id>.yaml`",
-        "",
-        reference_table(NodeSpec),
-        "",
-        END,
-    ])
+    return "\n".join(
+        [
+            START,
+            "",
+            "### `specs/personality.yaml`",
+            "",
+            reference_table(Personality),
+            "",
+            "### `specs/nodes/<id>.yaml`",
+            "",
+            reference_table(NodeSpec),
+            "",
+            END,
+        ]
+    )
 
 
 def replace_section(readme: str) -> str:

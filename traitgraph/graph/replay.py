@@ -90,8 +90,11 @@ def example_locations(node) -> list[str]:
     if data_file is not None:
         try:
             text = Path(data_file).read_text(encoding="utf-8")
-            lines = [n for n, line in enumerate(text.splitlines(), start=1)
-                     if line.strip() and not line.lstrip().startswith("#")]
+            lines = [
+                n
+                for n, line in enumerate(text.splitlines(), start=1)
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
         except OSError:
             lines = []
     for i in range(n_inline, len(node.examples)):

@@ -57,7 +57,9 @@ def write_schemas(directory: str | Path) -> list[Path]:
 
 def personality_yaml(name: str, base: str = "smollm2-135m-instruct", first_node: str = "greeting") -> str:
     """A commented ``personality.yaml`` for ``traitgraph init``."""
-    return MODELINE.format(f"{SCHEMA_DIR}/{PERSONALITY_SCHEMA}") + f"""\
+    return (
+        MODELINE.format(f"{SCHEMA_DIR}/{PERSONALITY_SCHEMA}")
+        + f"""\
 # A personality: a base model plus one behaviour node per file in nodes/.
 # Build it with `traitgraph build DIR -o OUT`; nodes/{first_node}.yaml is a start.
 name: {json.dumps(name)}
@@ -91,6 +93,7 @@ eval:
   max_retention_loss_pct: 10.0   # general-text loss may rise at most this many percent
   min_behaviour_gain: 0.0        # each node's margin must move at least this far its way
 """
+    )
 
 
 def node_yaml(node_id: str, description: str | None = None) -> str:
@@ -100,7 +103,9 @@ def node_yaml(node_id: str, description: str | None = None) -> str:
 
         raise UserError(f"node id {node_id!r}: use 1-64 of a-z, 0-9, '-' and '_', starting with a letter or digit")
     description = description or f"The {node_id} behaviour: say what the model should do, in a sentence."
-    return MODELINE.format(f"../{SCHEMA_DIR}/{NODE_SCHEMA}") + f"""\
+    return (
+        MODELINE.format(f"../{SCHEMA_DIR}/{NODE_SCHEMA}")
+        + f"""\
 # One behaviour. The file name must be <id>.yaml.
 id: {node_id}
 description: >-
@@ -147,6 +152,7 @@ edges: []
 #   steps: 16
 #   learning_rate: 5.0e-5
 """
+    )
 
 
 def base_reference(base: str, specs_dir: Path) -> str:
@@ -177,7 +183,9 @@ def scaffold_personality(directory: str | Path, *, base: str, node_id: str = "gr
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise UserError(f"{directory}: exists and is not an empty directory; init writes only into a new one")
     files = {
-        directory / "personality.yaml": personality_yaml(directory.resolve().name, base_reference(base, directory), node_id),
+        directory / "personality.yaml": personality_yaml(
+            directory.resolve().name, base_reference(base, directory), node_id
+        ),
         directory / "nodes" / f"{node_id}.yaml": node_yaml(node_id),
     }
     for path, text in files.items():

@@ -116,12 +116,11 @@ class Expectation(Strict):
         default=(), description="The reply contains none of these phrases, e.g. `[instead, have you considered]`."
     )
     matches: str | None = Field(
-        default=None, min_length=1,
+        default=None,
+        min_length=1,
         description="A Python regular expression searched in the reply, case-insensitively, e.g. `\\?`.",
     )
-    max_words: int | None = Field(
-        default=None, gt=0, description="The reply has at most this many words, e.g. `40`."
-    )
+    max_words: int | None = Field(default=None, gt=0, description="The reply has at most this many words, e.g. `40`.")
     no_repetition: bool = Field(
         default=False,
         description=f"`true`: no run of {REPETITION_NGRAM} words occurs more than "
@@ -149,8 +148,9 @@ class Expectation(Strict):
     def _some_check(self) -> Expectation:
         checks = (self.contains_any, self.contains_all, self.avoids, self.matches, self.max_words, self.no_repetition)
         if not any(checks):
-            raise ValueError("no check given; use contains_any, contains_all, avoids, matches, max_words "
-                             "or no_repetition")
+            raise ValueError(
+                "no check given; use contains_any, contains_all, avoids, matches, max_words or no_repetition"
+            )
         return self
 
 
@@ -159,9 +159,7 @@ class EvalCase(Example):
     for the preference margin log p(response) - log p(rejected); ``expect``
     checks what the model actually says (eval only: never part of a training hash)."""
 
-    rejected: str | None = Field(
-        default=None, min_length=1, description="An unwanted reply, for contrastive scoring."
-    )
+    rejected: str | None = Field(default=None, min_length=1, description="An unwanted reply, for contrastive scoring.")
     expect: Expectation | None = Field(
         default=None, description="Checks on the greedy reply (a behaviour test), e.g. `{contains_any: [sorry]}`."
     )
@@ -178,18 +176,12 @@ class OptimizerSettings(Strict):
     APOLLO (Zhu et al. 2024, arXiv 2412.05270); ``adamw`` is the baseline."""
 
     name: OptimizerName = Field(default="apollo_mini", description="Registry name.")
-    rank: int | None = Field(
-        default=None, ge=1, description="Projection rank (APOLLO; default 256, Mini: 1)."
-    )
+    rank: int | None = Field(default=None, ge=1, description="Projection rank (APOLLO; default 256, Mini: 1).")
     scale_type: Literal["channel", "tensor"] | None = Field(
         default=None, description="Scaling granularity (APOLLO: channel, Mini: tensor)."
     )
-    scale: float | None = Field(
-        default=None, gt=0, description="Gradient scale factor α (APOLLO: 1, Mini: 128)."
-    )
-    update_proj_gap: int = Field(
-        default=200, ge=1, description="Steps between fresh random projections."
-    )
+    scale: float | None = Field(default=None, gt=0, description="Gradient scale factor α (APOLLO: 1, Mini: 128).")
+    update_proj_gap: int = Field(default=200, ge=1, description="Steps between fresh random projections.")
     betas: tuple[float, float] = Field(default=(0.9, 0.999), description="Adam moment decays.")
     eps: float = Field(default=1e-8, gt=0, description="Adam epsilon.")
     weight_decay: float = Field(default=0.0, ge=0, description="Decoupled weight decay.")
@@ -231,7 +223,9 @@ class MonitorSettings(Strict):
 
     every: int = Field(default=4, ge=1, le=100_000, description="Steps between checks.")
     validation_fraction: float = Field(
-        default=0.2, gt=0.0, le=0.5,
+        default=0.2,
+        gt=0.0,
+        le=0.5,
         description="Share of the node's examples held out for validation (at least one; seeded by `seed`).",
     )
     general_lines: int = Field(
@@ -248,11 +242,14 @@ class AnchorSettings(Strict):
     the two pulls must be on."""
 
     l2: float = Field(
-        default=0.0, ge=0.0, lt=1.0,
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
         description="Share of τ pulled back toward the start weights after every step (0: off).",
     )
     kl: float = Field(
-        default=0.0, ge=0.0,
+        default=0.0,
+        ge=0.0,
         description="Weight of KL(start ‖ model) on the replay rows' next-token distributions (0: off; needs replay).",
     )
 
@@ -291,9 +288,7 @@ class TrainingSettings(Strict):
         default="frozen",
         description="`frozen`: context runs without gradient through a KV cache; `full`: masked backprop.",
     )
-    max_length: int = Field(
-        default=512, gt=8, description="Longest tokenised example; a longer one is an error."
-    )
+    max_length: int = Field(default=512, gt=8, description="Longest tokenised example; a longer one is an error.")
     grad_clip: float | None = Field(default=1.0, gt=0, description="Max global grad norm; null: off.")
     divergence_factor: float = Field(
         default=4.0, gt=1.0, description="Stop when the smoothed loss exceeds this × its start."
@@ -387,8 +382,16 @@ class TrainingOverrides(Strict):
 
 
 MergeMethodName = Literal[
-    "ties", "task_arithmetic", "dare_ties", "dare_linear",
-    "della", "breadcrumbs", "breadcrumbs_ties", "tsv_m", "iso_c", "iso_cts",
+    "ties",
+    "task_arithmetic",
+    "dare_ties",
+    "dare_linear",
+    "della",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "tsv_m",
+    "iso_c",
+    "iso_cts",
 ]
 
 
@@ -419,18 +422,24 @@ class MergeSettings(Strict):
     )
     seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of DARE's and DELLA's drop masks.")
     epsilon: float = Field(
-        default=0.15, gt=0.0, lt=0.5,
+        default=0.15,
+        gt=0.0,
+        lt=0.5,
         description="DELLA: keep probabilities run from density − epsilon (smallest |τ| of a row) to density + epsilon.",
     )
     gamma: float = Field(
-        default=0.01, ge=0.0, lt=1.0,
+        default=0.01,
+        ge=0.0,
+        lt=1.0,
         description="Breadcrumbs: fraction of each τ's largest entries dropped (density is the fraction kept).",
     )
     rescale: bool = Field(
         default=True, description="DELLA: rescale each pruned τ to its original L1 norm (as mergekit)."
     )
     common_space_fraction: float = Field(
-        default=0.8, ge=0.0, le=1.0,
+        default=0.8,
+        ge=0.0,
+        le=1.0,
         description="Iso-CTS: share of each matrix's rank given to the common subspace of the summed τ.",
     )
 
@@ -443,11 +452,13 @@ class MergeSettings(Strict):
                 f"density {self.density}, epsilon {self.epsilon}: lower epsilon"
             )
         return self
+
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Output dtype; `auto` keeps the base's."
     )
     max_shard_size: str = Field(
-        default="2GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$",
+        default="2GB",
+        pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$",
         description="Largest safetensors shard before splitting, e.g. `500MB`.",
     )
 
@@ -456,11 +467,13 @@ class EvalSettings(Strict):
     """Evaluation and its gates (see README, "Evaluation")."""
 
     max_retention_loss_pct: float = Field(
-        default=1.0, ge=0.0,
+        default=1.0,
+        ge=0.0,
         description="Fail the build when general-text loss rises by more than this percent.",
     )
     max_general_prompts_lost: int = Field(
-        default=0, ge=0,
+        default=0,
+        ge=0,
         description="Fail the build when it loses more than this many general prompts the base answers.",
     )
     joint_reference: bool = Field(
@@ -479,7 +492,9 @@ class EvalSettings(Strict):
         default=None, description="Path (relative to the specs dir) of a general text file; default: shipped set."
     )
     min_test_pass_rate: float = Field(
-        default=0.0, ge=0.0, le=1.0,
+        default=0.0,
+        ge=0.0,
+        le=1.0,
         description="Fail when the behaviour tests' pass rate, overall or of any node, is below this (0: off).",
     )
     node_test_pass_rate: dict[str, float] = Field(
@@ -551,9 +566,7 @@ class NodeSpec(Strict):
 
     id: str = Field(pattern=NODE_ID_PATTERN, description="Equal to the file stem; a-z, 0-9, `-`, `_`.")
     description: str = Field(min_length=1, description="The behaviour, in one or two sentences.")
-    weight: float = Field(
-        default=1.0, description="Strength α at link time; negative subtracts the behaviour."
-    )
+    weight: float = Field(default=1.0, description="Strength α at link time; negative subtracts the behaviour.")
     examples: tuple[Example, ...] = Field(default=(), description="Training examples.")
     examples_file: str | None = Field(
         default=None,

@@ -44,8 +44,11 @@ def user_message(example: Example) -> str:
 def neighbours(spec: Spec, node_id: str) -> list[str]:
     """Nodes joined to ``node_id`` by a ``related`` or ``conflicts`` edge, either way, sorted."""
     out = {e.to for e in spec.nodes[node_id].spec.edges if e.kind in DREAM_EDGE_KINDS}
-    out |= {other for other, n in spec.nodes.items() if any(e.to == node_id and e.kind in DREAM_EDGE_KINDS
-                                                             for e in n.spec.edges)}
+    out |= {
+        other
+        for other, n in spec.nodes.items()
+        if any(e.to == node_id and e.kind in DREAM_EDGE_KINDS for e in n.spec.edges)
+    }
     return sorted(out - {node_id})
 
 

@@ -56,9 +56,7 @@ def llama_permute(weights: torch.Tensor, n_head: int) -> torch.Tensor:
     [0.0, 2.0, 1.0, 3.0]
     """
     out = weights.shape[0]
-    return (weights.reshape(n_head, 2, out // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2)
-            .reshape(weights.shape))
+    return weights.reshape(n_head, 2, out // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
 
 
 def encode(data: np.ndarray, gguf_type: str):
@@ -131,16 +129,20 @@ def plan_tensors(reader, checkpoint: Path, config: dict) -> list[tuple[str, str 
     template = {t.name: t for t in reader.tensors}
     missing = sorted(set(by_gguf) - set(template) - ({"output.weight"} if tied else set()))
     if missing:
-        raise UserError(f"the GGUF template has no tensor {missing[0]} (for {by_gguf[missing[0]]}); "
-                        "it is not a GGUF of this checkpoint's base")
+        raise UserError(
+            f"the GGUF template has no tensor {missing[0]} (for {by_gguf[missing[0]]}); "
+            "it is not a GGUF of this checkpoint's base"
+        )
     plan = []
     for t in reader.tensors:
         hf = by_gguf.get(t.name)
         if hf is not None:
             shape = _built_shape(hf, files, tied)
             if list(reversed([int(x) for x in t.shape])) != list(shape):
-                raise UserError(f"GGUF template tensor {t.name} has shape {list(reversed(t.shape.tolist()))}, "
-                                f"the checkpoint's {hf} has {list(shape)}: not a GGUF of this base")
+                raise UserError(
+                    f"GGUF template tensor {t.name} has shape {list(reversed(t.shape.tolist()))}, "
+                    f"the checkpoint's {hf} has {list(shape)}: not a GGUF of this base"
+                )
         plan.append((t.name, hf))
     return plan
 
@@ -180,7 +182,9 @@ def _copy_metadata(reader, writer, file_type: int, name: str | None) -> None:
         writer.add_file_type(file_type)
 
 
-def export_gguf(template: Path, checkpoint: Path, out_path: Path, type_name: str = "f16", *, name: str | None = None) -> Path:
+def export_gguf(
+    template: Path, checkpoint: Path, out_path: Path, type_name: str = "f16", *, name: str | None = None
+) -> Path:
     """Write ``checkpoint``'s weights into ``template``'s metadata and layout at ``out_path`` (atomically)."""
     import json
 
@@ -195,8 +199,10 @@ def export_gguf(template: Path, checkpoint: Path, out_path: Path, type_name: str
     reader = gguf.GGUFReader(template)
     arch = _field_value(reader, "general.architecture")
     if arch not in PERMUTED_ARCHS:
-        raise UserError(f"GGUF template {template}: architecture {arch!r} is not supported "
-                        f"(supported: {', '.join(sorted(PERMUTED_ARCHS))})")
+        raise UserError(
+            f"GGUF template {template}: architecture {arch!r} is not supported "
+            f"(supported: {', '.join(sorted(PERMUTED_ARCHS))})"
+        )
     config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
     plan = plan_tensors(reader, checkpoint, config)
     tensor_type, file_type = GGUF_TYPES[type_name]

@@ -148,8 +148,13 @@ def _fill_adapter(peft_model, lora: dict[str, torch.Tensor], whole: list[str], b
 
 
 def export_lora(
-    base_dir: Path, checkpoint_dir: Path, rank: int, out_dir: Path, *,
-    include_norms: bool = True, base_name: str | None = None,
+    base_dir: Path,
+    checkpoint_dir: Path,
+    rank: int,
+    out_dir: Path,
+    *,
+    include_norms: bool = True,
+    base_name: str | None = None,
 ) -> LoraExport:
     """Write a PEFT LoRA adapter of ``checkpoint_dir − base_dir`` at ``rank`` into ``out_dir`` (atomically).
 
@@ -159,21 +164,35 @@ def export_lora(
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
-        raise UserError("LoRA export needs the peft package:  pip install 'traitgraph[export]'  (or: pip install peft)") from None
+        raise UserError(
+            "LoRA export needs the peft package:  pip install 'traitgraph[export]'  (or: pip install peft)"
+        ) from None
     from transformers import AutoModelForCausalLM
 
     if rank < 1:
         raise UserError(f"--lora RANK must be at least 1, got {rank}")
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "adapter_config.json").is_file())):
-        raise UserError(f"{out_dir} exists and is not a LoRA adapter directory; refusing to replace it (choose another -o)")
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True,
-                                                 local_files_only=True)
+    if out_dir.exists() and (
+        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "adapter_config.json").is_file())
+    ):
+        raise UserError(
+            f"{out_dir} exists and is not a LoRA adapter directory; refusing to replace it (choose another -o)"
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        base_dir, dtype=torch.float32, use_safetensors=True, local_files_only=True
+    )
     built = read_checkpoint_tensors(checkpoint_dir)
     lora, whole, dropped = plan_modules(model, changed_tensors(model, built), include_norms)
     if not lora and not whole:
         raise BuildError(f"{checkpoint_dir} equals its base: there is no delta to export")
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=sorted(lora), modules_to_save=whole or None,
-                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        target_modules=sorted(lora),
+        modules_to_save=whole or None,
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     with warnings.catch_warnings():  # the tied head gets its own LoRA of the same delta on purpose
         warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
         peft_model = get_peft_model(model, config)

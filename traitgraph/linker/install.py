@@ -41,7 +41,6 @@ from traitgraph.faults import fault_point
 MARKER = ".traitgraph-output"
 
 
-
 def is_owned(directory: Path) -> bool:
     """Whether ``directory`` carries traitgraph's output marker.
 
@@ -82,7 +81,7 @@ def _leftovers(out_dir: Path, kind: str) -> list[Path]:
         for path in out_dir.parent.iterdir():
             if not path.name.startswith(prefix):
                 continue
-            pid = path.name[len(prefix):].split("-")[0]
+            pid = path.name[len(prefix) :].split("-")[0]
             if not pid.isdigit() or not pid_alive(int(pid)):
                 found.append(path)
     return sorted(found)

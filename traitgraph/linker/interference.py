@@ -130,8 +130,9 @@ class _PairTotals:
         self.either = torch.zeros(n, n, dtype=torch.float64)
         self.differ = torch.zeros(n, n, dtype=torch.float64)
 
-    def add_tensor(self, tensor: str, info: TensorInfo, files: list[TensorFiles], signs: list[float],
-                   density: float) -> None:
+    def add_tensor(
+        self, tensor: str, info: TensorInfo, files: list[TensorFiles], signs: list[float], density: float
+    ) -> None:
         have = [i for i, f in enumerate(files) if tensor in f.infos]
         trims = {}
         for i in have:  # fit each vector's trim on its whole |τ| (as the linker does)
@@ -190,7 +191,14 @@ def plot_interference(result: InterferenceResult, png_path: str | os.PathLike) -
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size), constrained_layout=True)
     panels = [
         ("cosine similarity", np.array(result.cosine), "RdBu_r", -1.0, 1.0, "{:.2f}"),
-        (f"sign conflict among entries both keep (density {result.density:g})", np.array(result.conflict), "Reds", 0.0, 1.0, "{:.0%}"),
+        (
+            f"sign conflict among entries both keep (density {result.density:g})",
+            np.array(result.conflict),
+            "Reds",
+            0.0,
+            1.0,
+            "{:.0%}",
+        ),
     ]
     for ax, (title, values, cmap, vmin, vmax, fmt) in zip(axes, panels):
         shown = np.ma.masked_invalid(values)

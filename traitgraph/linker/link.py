@@ -240,11 +240,15 @@ class _Source:
         if self.minus_base:
             return chunk - base_rows
         if not torch.isfinite(chunk.sum()):  # one NaN or inf makes the sum so; a cheap check
-            raise BuildError(f"node '{self.input.name}': task vector {self.input.path} has NaN or infinite values in tensor '{name}'")
+            raise BuildError(
+                f"node '{self.input.name}': task vector {self.input.path} has NaN or infinite values in tensor '{name}'"
+            )
         return chunk
 
 
-def _check_inputs(base: dict[str, TensorInfo], base_dir: Path, inputs: Sequence[LinkInput], pool: HandlePool) -> list[_Source]:
+def _check_inputs(
+    base: dict[str, TensorInfo], base_dir: Path, inputs: Sequence[LinkInput], pool: HandlePool
+) -> list[_Source]:
     names = [i.name for i in inputs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -379,8 +383,11 @@ def _merge_tensor(
 
 def _side_files(base_dir: Path) -> list[Path]:
     return sorted(
-        p for p in base_dir.iterdir()
-        if p.is_file() and p.suffix in SIDE_FILE_SUFFIXES and p.name not in SIDE_FILE_EXCLUDE
+        p
+        for p in base_dir.iterdir()
+        if p.is_file()
+        and p.suffix in SIDE_FILE_SUFFIXES
+        and p.name not in SIDE_FILE_EXCLUDE
         and not p.name.startswith(".")
     )
 
@@ -408,8 +415,13 @@ def _check_out_dir(out_dir: Path, base_dir: Path, inputs: Sequence[LinkInput]) -
 
 
 def _write_shards(
-    tmp: Path, shards: Sequence[_Shard], base: TensorFiles, sources: Sequence[_Source], options: MergeOptions,
-    out_dtypes: dict[str, torch.dtype], progress: bool,
+    tmp: Path,
+    shards: Sequence[_Shard],
+    base: TensorFiles,
+    sources: Sequence[_Source],
+    options: MergeOptions,
+    out_dtypes: dict[str, torch.dtype],
+    progress: bool,
 ) -> dict[str, str]:
     """Merge every tensor into its shard under ``tmp``; each shard file's name -> sha256."""
     from tqdm import tqdm
@@ -491,8 +503,7 @@ def link(
         if expect is not None and outputs != expect:
             differ = sorted(n for n in set(outputs) | set(expect) if outputs.get(n) != expect.get(n))
             raise BuildError(
-                f"relinked checkpoint differs from the lock in: {', '.join(differ)}; "
-                f"{out_dir} was left as it was"
+                f"relinked checkpoint differs from the lock in: {', '.join(differ)}; {out_dir} was left as it was"
             )
         install(tmp, out_dir)  # finite check, marker, atomic swap
     except BaseException:
@@ -523,6 +534,11 @@ def link_checkpoint(
     {'config.json': '...', 'model.safetensors': '...', ...}
     """
     return link(
-        base_dir, inputs, MergeOptions.from_settings(settings), out_dir,
-        dtype=settings.dtype, max_shard_size=settings.max_shard_size, progress=progress,
+        base_dir,
+        inputs,
+        MergeOptions.from_settings(settings),
+        out_dir,
+        dtype=settings.dtype,
+        max_shard_size=settings.max_shard_size,
+        progress=progress,
     )

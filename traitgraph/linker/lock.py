@@ -160,7 +160,12 @@ def relink(
             )
         inputs.append(LinkInput(name=node.id, path=path, weight=node.weight))
     return link(
-        base_dir, inputs, MergeOptions.from_settings(lock.merge), out_dir,
-        dtype=lock.merge.dtype, max_shard_size=lock.merge.max_shard_size,
-        progress=progress, expect=dict(lock.outputs),
+        base_dir,
+        inputs,
+        MergeOptions.from_settings(lock.merge),
+        out_dir,
+        dtype=lock.merge.dtype,
+        max_shard_size=lock.merge.max_shard_size,
+        progress=progress,
+        expect=dict(lock.outputs),
     )

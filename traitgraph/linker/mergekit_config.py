@@ -58,8 +58,13 @@ from traitgraph.linker.merging import MergeOptions
 SUPPORTED_METHODS = ("ties", "task_arithmetic", "dare_ties", "dare_linear", "della", "breadcrumbs", "breadcrumbs_ties")
 #: mergekit's default for ``normalize`` per method (its registry's ``default_normalize``).
 DEFAULT_NORMALIZE = {
-    "ties": True, "task_arithmetic": False, "dare_ties": False, "dare_linear": False,
-    "della": True, "breadcrumbs": False, "breadcrumbs_ties": False,
+    "ties": True,
+    "task_arithmetic": False,
+    "dare_ties": False,
+    "dare_linear": False,
+    "della": True,
+    "breadcrumbs": False,
+    "breadcrumbs_ties": False,
 }
 #: The methods each per-model option belongs to (mergekit accepts it only for them).
 OPTION_METHODS = {"gamma": ("breadcrumbs", "breadcrumbs_ties"), "epsilon": ("della",), "rescale": ("della",)}
@@ -93,7 +98,9 @@ class GlobalParameters(_Strict):
     normalize: bool | None = Field(default=None, description="Divide by the agreeing weights' sum.")
     lambda_: float = Field(default=1.0, alias="lambda", gt=0.0, le=MAX_SCALE, description="Scale of the merged delta.")
     int8_mask: bool = Field(default=False, description="mergekit memory option; no effect here.")
-    weight: float | None = Field(default=None, ge=-MAX_SCALE, le=MAX_SCALE, description="Default weight of every model.")
+    weight: float | None = Field(
+        default=None, ge=-MAX_SCALE, le=MAX_SCALE, description="Default weight of every model."
+    )
     density: float | None = Field(default=None, gt=0.0, le=1.0, description="Default density of every model.")
     gamma: float | None = Field(default=None, ge=0.0, lt=1.0, description="Breadcrumbs: largest fraction dropped.")
     epsilon: float | None = Field(default=None, gt=0.0, lt=0.5, description="DELLA: keep-probability spread.")
@@ -145,7 +152,9 @@ def load_mergekit_config(path: str | os.PathLike) -> MergekitConfig:
     return config
 
 
-def plan_merge(config: MergekitConfig, where: str = "config", seed: int = 0) -> tuple[Path, list[LinkInput], MergeOptions, list[str]]:
+def plan_merge(
+    config: MergekitConfig, where: str = "config", seed: int = 0
+) -> tuple[Path, list[LinkInput], MergeOptions, list[str]]:
     """The base directory, link inputs and merge options a config means, and warnings to show."""
     base = Path(config.base_model)
     if not base.is_dir():
@@ -160,7 +169,9 @@ def plan_merge(config: MergekitConfig, where: str = "config", seed: int = 0) -> 
         if path.resolve() == base.resolve():
             continue  # mergekit lets the base appear among the models; it is the base
         if not path.exists():
-            raise UserError(f"{where}: models[{i}].model '{entry.model}' not found (a local directory or .safetensors file)")
+            raise UserError(
+                f"{where}: models[{i}].model '{entry.model}' not found (a local directory or .safetensors file)"
+            )
         p = entry.parameters or ModelParameters()
         weight = p.weight if p.weight is not None else g.weight
         if weight is None:
@@ -174,7 +185,8 @@ def plan_merge(config: MergekitConfig, where: str = "config", seed: int = 0) -> 
     if normalize and any(i.weight < 0 for i in inputs):
         where_ = (
             "wherever a negatively weighted model is alone on the elected side, its change is added, not subtracted"
-            if consensus else "a negative sum of weights flips the whole merge"
+            if consensus
+            else "a negative sum of weights flips the whole merge"
         )
         warnings.append(
             f"normalize divides by the signed sum of the weights, as mergekit does: {where_}. "
@@ -185,7 +197,9 @@ def plan_merge(config: MergekitConfig, where: str = "config", seed: int = 0) -> 
             "DARE's drop mask is traitgraph's own (seeded, rescaled by 1/density); the result differs from mergekit's"
         )
     if config.merge_method == "della":
-        warnings.append("DELLA's drop mask is traitgraph's own (seeded); which entries are dropped differs from mergekit's")
+        warnings.append(
+            "DELLA's drop mask is traitgraph's own (seeded); which entries are dropped differs from mergekit's"
+        )
     options = MergeOptions(
         method=config.merge_method,
         density=1.0,
@@ -239,4 +253,6 @@ def run_merge(
     base, inputs, options, warnings = plan_merge(config, str(config_path), seed)
     for text in warnings:
         warn(f"note: {text}")
-    return link(base, inputs, options, out_dir, dtype=config.dtype or "auto", max_shard_size=max_shard_size, progress=progress)
+    return link(
+        base, inputs, options, out_dir, dtype=config.dtype or "auto", max_shard_size=max_shard_size, progress=progress
+    )

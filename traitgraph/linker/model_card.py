@@ -93,21 +93,35 @@ def model_index(name: str, report: dict[str, Any]) -> list[dict[str, Any]]:
     """Hugging Face ``model-index`` entries: each node's directed gain, and retention."""
     behaviour = [
         {"type": "directed_gain", "name": f"{n['id']} ({n['measure']})", "value": round(n["directed_gain_linked"], 4)}
-        for n in report["nodes"] if n.get("directed_gain_linked") is not None
+        for n in report["nodes"]
+        if n.get("directed_gain_linked") is not None
     ]
     ret = report["retention"]
-    retention = [{"type": "loss", "name": "general-text loss (linked)", "value": round(ret["linked_loss"], 4)},
-                 {"type": "loss", "name": "general-text loss (base)", "value": round(ret["base_loss"], 4)}]
+    retention = [
+        {"type": "loss", "name": "general-text loss (linked)", "value": round(ret["linked_loss"], 4)},
+        {"type": "loss", "name": "general-text loss (base)", "value": round(ret["base_loss"], 4)},
+    ]
     if ret.get("prompts"):
         ok = sum(p["built_ok"] for p in ret["prompts"]) / len(ret["prompts"])
         retention.append({"type": "accuracy", "name": "general prompts answered", "value": round(ok, 4)})
     task = {"type": "text-generation", "name": "Text Generation"}
-    return [{"name": name, "results": [
-        {"task": task, "dataset": {"type": "traitgraph-eval-cases", "name": f"{name} held-out eval cases"},
-         "metrics": behaviour},
-        {"task": dict(task), "dataset": {"type": "traitgraph-general", "name": "general text and prompts"},
-         "metrics": retention},
-    ]}]
+    return [
+        {
+            "name": name,
+            "results": [
+                {
+                    "task": task,
+                    "dataset": {"type": "traitgraph-eval-cases", "name": f"{name} held-out eval cases"},
+                    "metrics": behaviour,
+                },
+                {
+                    "task": dict(task),
+                    "dataset": {"type": "traitgraph-general", "name": "general text and prompts"},
+                    "metrics": retention,
+                },
+            ],
+        }
+    ]
 
 
 def front_matter(spec, lock, report: dict[str, Any] | None, base: BaseFacts) -> str:
@@ -155,10 +169,14 @@ def behaviours_table(spec, lock, report: dict[str, Any] | None) -> str:
         r = results.get(node.id, {})
         description = spec.nodes[node.id].spec.description if node.id in spec.nodes else ""
         kept = r.get("kept")
-        rows.append(f"| `{node.id}` | {node.weight:+g} | {_cell(description)} | {_num(r.get('directed_gain_alone'))} "
-                    f"| {_num(r.get('directed_gain_linked'))} | {'–' if kept is None else f'{kept:.0%}'} |")
-    note = ("Gains are the change of each node's measure (preference margin, or log p of the wanted reply) on its "
-            "held-out eval cases, in the direction of its weight: alone = base + w·τ, linked = this checkpoint.")
+        rows.append(
+            f"| `{node.id}` | {node.weight:+g} | {_cell(description)} | {_num(r.get('directed_gain_alone'))} "
+            f"| {_num(r.get('directed_gain_linked'))} | {'–' if kept is None else f'{kept:.0%}'} |"
+        )
+    note = (
+        "Gains are the change of each node's measure (preference margin, or log p of the wanted reply) on its "
+        "held-out eval cases, in the direction of its weight: alone = base + w·τ, linked = this checkpoint."
+    )
     return "\n".join(rows) + "\n\n" + (note if report else "Not evaluated yet: run `traitgraph build` (eval).")
 
 
@@ -167,35 +185,48 @@ def retention_section(report: dict[str, Any] | None) -> str:
         return "Not evaluated yet."
     ret = report["retention"]
     rise = 100 * (ret["linked_loss"] - ret["base_loss"]) / ret["base_loss"]
-    text = (f"General-text loss {ret['base_loss']:.4f} (base) → {ret['linked_loss']:.4f} (this model), "
-            f"{rise:+.1f} % over {ret['tokens']} tokens.")
+    text = (
+        f"General-text loss {ret['base_loss']:.4f} (base) → {ret['linked_loss']:.4f} (this model), "
+        f"{rise:+.1f} % over {ret['tokens']} tokens."
+    )
     if ret.get("prompts"):
         n = len(ret["prompts"])
-        text += (f" General prompts answered: {sum(p['base_ok'] for p in ret['prompts'])}/{n} (base), "
-                 f"{sum(p['built_ok'] for p in ret['prompts'])}/{n} (this model).")
+        text += (
+            f" General prompts answered: {sum(p['base_ok'] for p in ret['prompts'])}/{n} (base), "
+            f"{sum(p['built_ok'] for p in ret['prompts'])}/{n} (this model)."
+        )
     gates = report.get("gates", [])
     if gates:
-        text += "\n\n" + "\n".join(f"- gate `{g['name']}`: {'passed' if g['passed'] else 'FAILED'}: {g['message']}"
-                                   for g in gates)
+        text += "\n\n" + "\n".join(
+            f"- gate `{g['name']}`: {'passed' if g['passed'] else 'FAILED'}: {g['message']}" for g in gates
+        )
     return text
 
 
 def recipe_section(lock) -> str:
     merge = lock.merge.model_dump(mode="json", by_alias=True)
     rows = ["| setting | value |", "|---|---|", *(f"| `{k}` | `{v}` |" for k, v in sorted(merge.items()))]
-    return ("W = W_base + λ · merge(w₁·τ₁, …, wₙ·τₙ), tensor by tensor, where τ = W_trained − W_base "
-            "is each node's task vector.\n\n" + "\n".join(rows))
+    return (
+        "W = W_base + λ · merge(w₁·τ₁, …, wₙ·τₙ), tensor by tensor, where τ = W_trained − W_base "
+        "is each node's task vector.\n\n" + "\n".join(rows)
+    )
 
 
 def lock_section(lock) -> str:
     nodes = ["| node | training hash | vector sha256 | weight |", "|---|---|---|---|"]
-    nodes += [f"| `{n.id}` | `{n.training_hash}` | `{n.vector_sha256}` | {n.weight:+g} |"
-              for n in sorted(lock.nodes, key=lambda n: n.id)]
+    nodes += [
+        f"| `{n.id}` | `{n.training_hash}` | `{n.vector_sha256}` | {n.weight:+g} |"
+        for n in sorted(lock.nodes, key=lambda n: n.id)
+    ]
     outputs = ["| file | sha256 |", "|---|---|", *(f"| `{k}` | `{v}` |" for k, v in sorted(lock.outputs.items()))]
-    return (f"traitgraph {lock.traitgraph_version}; base `{lock.base.reference}` ({lock.base.fingerprint}).\n\n"
-            + "\n".join(nodes) + "\n\n" + "\n".join(outputs)
-            + "\n\nThis README is not among the lock's outputs (it is refreshed after each evaluation). "
-              "`traitgraph verify OUT` rebuilds the files above from the lock and compares every hash.")
+    return (
+        f"traitgraph {lock.traitgraph_version}; base `{lock.base.reference}` ({lock.base.fingerprint}).\n\n"
+        + "\n".join(nodes)
+        + "\n\n"
+        + "\n".join(outputs)
+        + "\n\nThis README is not among the lock's outputs (it is refreshed after each evaluation). "
+        "`traitgraph verify OUT` rebuilds the files above from the lock and compares every hash."
+    )
 
 
 def render_card(spec, lock, report: dict[str, Any] | None, base: BaseFacts) -> str:
@@ -214,7 +245,7 @@ def render_card(spec, lock, report: dict[str, Any] | None, base: BaseFacts) -> s
         "## Merge recipe\n\n" + recipe_section(lock),
         "## Lock\n\n" + lock_section(lock),
         "## Use\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        "model = AutoModelForCausalLM.from_pretrained(\"PATH\")\ntokenizer = AutoTokenizer.from_pretrained(\"PATH\")\n```",
+        'model = AutoModelForCausalLM.from_pretrained("PATH")\ntokenizer = AutoTokenizer.from_pretrained("PATH")\n```',
     ]
     return "\n\n".join(s.rstrip() for s in sections) + "\n"
 

@@ -15,16 +15,15 @@ from __future__ import annotations
 import re
 
 CHATML_TEMPLATE = (
-    "{{- range .Messages }}<|im_start|>{{ .Role }}\n"
-    "{{ .Content }}<|im_end|>\n"
-    "{{ end }}<|im_start|>assistant\n"
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 )
 
 
 def default_system_prompt(chat_template: str) -> str | None:
     """The system prompt a ChatML Jinja template inserts when the chat has none, if it has one."""
     match = re.search(r"<\|im_start\|>system\\n(.*?)<\|im_end\|>", chat_template) or re.search(
-        r"<\|im_start\|>system\n(.*?)<\|im_end\|>", chat_template, re.S)
+        r"<\|im_start\|>system\n(.*?)<\|im_end\|>", chat_template, re.S
+    )
     return match.group(1) if match else None
 
 

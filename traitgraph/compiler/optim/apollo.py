@@ -170,9 +170,16 @@ class Apollo(Optimizer):
         if others:
             groups.append({"params": others, "apollo": False})
         defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, rank=rank,
-            scale_type=scale_type, scale=scale, update_proj_gap=update_proj_gap,
-            norm_growth_limit=norm_growth_limit, seed=seed,
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            rank=rank,
+            scale_type=scale_type,
+            scale=scale,
+            update_proj_gap=update_proj_gap,
+            norm_growth_limit=norm_growth_limit,
+            seed=seed,
         )
         super().__init__(groups, defaults)
         # The current projection of each matrix, keyed by parameter: a cache of
@@ -305,9 +312,7 @@ class Apollo(Optimizer):
         given): regenerable from the seeds, so not saved, but held in memory."""
         wanted = None if params is None else {id(p) for p in params}
         return sum(
-            P.numel() * P.element_size()
-            for p, (_, P) in self._projections.items()
-            if wanted is None or id(p) in wanted
+            P.numel() * P.element_size() for p, (_, P) in self._projections.items() if wanted is None or id(p) in wanted
         )
 
 

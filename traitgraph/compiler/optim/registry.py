@@ -98,11 +98,13 @@ def effective_settings(settings: OptimizerSettings) -> OptimizerSettings:
     preset = get_optimizer(settings.name).preset
     if preset is None:
         return settings
-    return settings.model_copy(update={
-        "rank": settings.rank if settings.rank is not None else preset.rank,
-        "scale_type": settings.scale_type if settings.scale_type is not None else preset.scale_type,
-        "scale": settings.scale if settings.scale is not None else preset.scale,
-    })
+    return settings.model_copy(
+        update={
+            "rank": settings.rank if settings.rank is not None else preset.rank,
+            "scale_type": settings.scale_type if settings.scale_type is not None else preset.scale_type,
+            "scale": settings.scale if settings.scale is not None else preset.scale,
+        }
+    )
 
 
 def build_optimizer(

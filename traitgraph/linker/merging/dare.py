@@ -72,7 +72,9 @@ def uniform_draws(numel: int, seed: int, start: int = 0, stop: int | None = None
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float32)
 
 
-def drop_and_rescale(tau: torch.Tensor, density: float, seed: int, start: int = 0, numel: int | None = None) -> torch.Tensor:
+def drop_and_rescale(
+    tau: torch.Tensor, density: float, seed: int, start: int = 0, numel: int | None = None
+) -> torch.Tensor:
     """τ̃ = m ⊙ τ / density for ``tau`` = flat entries ``[start, start + tau.numel())`` of a
     tensor of ``numel`` entries (default: ``tau`` is the whole tensor)."""
     if density >= 1.0:

@@ -41,8 +41,9 @@ def low_rank(tau: torch.Tensor, rank: int) -> torch.Tensor:
     return ((u * s) @ vt).to(torch.float32)
 
 
-def own_trim(options: MergeOptions, tau: torch.Tensor, tensor_name: str, node_id: str, n_nodes: int,
-             density: float | None = None) -> torch.Tensor:
+def own_trim(
+    options: MergeOptions, tau: torch.Tensor, tensor_name: str, node_id: str, n_nodes: int, density: float | None = None
+) -> torch.Tensor:
     """Node ``node_id``'s τ of tensor ``tensor_name`` as the merge of ``n_nodes`` nodes sparsifies it.
 
     >>> own_trim(MergeOptions("ties", density=0.5), torch.tensor([0.1, -5.0, 0.3, 2.0]), "w", "a", 3)

@@ -81,9 +81,16 @@ METHODS: dict[str, MergeMethod] = {
         MergeMethod("dare_ties", "random", True, "Yu et al. 2023, arXiv 2311.03099", dare_ties),
         MergeMethod("dare_linear", "random", False, "Yu et al. 2023, arXiv 2311.03099", dare_linear),
         MergeMethod("della", "magprune", True, "Deep et al. 2024, arXiv 2406.11617", della, whole=True),
-        MergeMethod("breadcrumbs", "outliers", False, "Davari & Belilovsky 2023, arXiv 2312.06795", breadcrumbs, whole=True),
         MergeMethod(
-            "breadcrumbs_ties", "outliers", True, "Davari & Belilovsky 2023, arXiv 2312.06795", breadcrumbs_ties, whole=True
+            "breadcrumbs", "outliers", False, "Davari & Belilovsky 2023, arXiv 2312.06795", breadcrumbs, whole=True
+        ),
+        MergeMethod(
+            "breadcrumbs_ties",
+            "outliers",
+            True,
+            "Davari & Belilovsky 2023, arXiv 2312.06795",
+            breadcrumbs_ties,
+            whole=True,
         ),
         MergeMethod("tsv_m", "spectral", False, "Gargiulo et al. 2025, arXiv 2412.00081", tsv_m, whole=True),
         MergeMethod("iso_c", "spectral", False, "Marczak et al. 2025, arXiv 2502.04959", iso_c, whole=True),
@@ -199,8 +206,18 @@ def merge_whole(
     if name == "della":
         for d in densities:
             check_della_epsilon(d, o.epsilon)
-        return della(taus, weights, densities, o.epsilon, o.lambda_, o.sign_vote, o.normalize,
-                     rescale=o.rescale, seeds=seeds, seed=o.seed)
+        return della(
+            taus,
+            weights,
+            densities,
+            o.epsilon,
+            o.lambda_,
+            o.sign_vote,
+            o.normalize,
+            rescale=o.rescale,
+            seeds=seeds,
+            seed=o.seed,
+        )
     raise ValueError(f"{name} is merged chunk by chunk (TensorMerge), not whole")
 
 
@@ -264,7 +281,9 @@ class TensorMerge:
         ``chunks`` (one per input, in order) may be a generator: each is used and
         dropped before the next is asked for, so only one input's chunk is alive.
         """
-        combine = DisjointMerge(self.options.sign_vote, self.options.normalize) if self.method.consensus else WeightedSum()
+        combine = (
+            DisjointMerge(self.options.sign_vote, self.options.normalize) if self.method.consensus else WeightedSum()
+        )
         count, seen = 0, False
         for index, chunk in enumerate(chunks):
             count += 1

@@ -182,7 +182,11 @@ class DisjointMerge:
             vote, flip = tau, weight < 0
         # w_i·τ_i on the side of its vote's sign (clamps: cheaper than where + compare)
         upper, lower = weighted.clamp(min=0), weighted.clamp(max=0)
-        parts = {"vote": vote.clone() if vote is tau else vote, "pos": lower if flip else upper, "neg": upper if flip else lower}
+        parts = {
+            "vote": vote.clone() if vote is tau else vote,
+            "pos": lower if flip else upper,
+            "neg": upper if flip else lower,
+        }
         if self.normalize != "none":
             d = {"count": 1.0, "weights": abs(weight), "signed_weights": weight}[self.normalize]
             parts["pos_div"] = (vote > 0).to(weighted.dtype)
