@@ -8,7 +8,7 @@ Defaults are written as YAML, the way a user writes them in a spec
 ('null', '[0.9, 0.999]', '3.0e-05', 'ties')
 >>> from traitgraph.graph.schema import EvalSettings
 >>> print(reference_table(EvalSettings, "eval.").splitlines()[2])
-| `eval.max_retention_loss_pct` | `10.0` | Fail the build when general-text loss rises by more than this percent. |
+| `eval.max_retention_loss_pct` | `1.0` | Fail the build when general-text loss rises by more than this percent. |
 
 Regenerate the README's section with ``python scripts/spec_reference.py --write``.
 """
