@@ -26,10 +26,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from traitgraph.builder.cache import VectorCache
+from traitgraph.builder.output_lock import OutputLock
 from traitgraph.builder.plan import (
     BuildPlan,
     OutputLayout,
-    OutputLock,
     base_fingerprint_of,
 )
 from traitgraph.errors import UserError
