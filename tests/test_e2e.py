@@ -29,10 +29,23 @@ def traitgraph(*args: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
-    """``traitgraph build specs -o OUT -n 2``, once for this module."""
+    """``traitgraph build specs -o OUT -n 2``, once for this module, as a user runs it: a fresh
+    process (forking this one, which has run torch on several threads, could hang a worker)."""
+    import os
+    import subprocess
+    import sys
+
     out = tmp_path_factory.mktemp("e2e") / "out"
-    code, stdout, stderr = traitgraph("build", str(SPECS), "-o", str(out), "-n", "2")
-    assert code == 0, f"the example build failed:\n{stdout[-4000:]}\n{stderr[-4000:]}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "traitgraph", "build", str(SPECS), "-o", str(out), "-n", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+        check=False,
+    )
+    assert done.returncode == 0, f"the example build failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return out
 
 

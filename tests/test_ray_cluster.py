@@ -13,7 +13,6 @@ cache holds nothing corrupt.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -78,13 +77,19 @@ def _nodes(steps: int = 3) -> dict[str, dict]:
 
 
 def _build(specs: Path, out: Path, cache: Path, monkeypatch, *args: str) -> tuple[int, str]:
-    from traitgraph.cli import main
-
-    monkeypatch.setenv("TRAITGRAPH_CACHE", str(cache))
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        rc = main(["build", str(specs), "-o", str(out), *args])
-    return rc, buf.getvalue()
+    """``traitgraph build SPECS -o OUT ARGS`` as a user runs it: a fresh process. (In this
+    process, ``-n 2`` would fork a pytest that has run torch on several threads, and a
+    forked child that starts OpenMP threads again can hang.)"""
+    env = {**os.environ, "TRAITGRAPH_CACHE": str(cache), "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "traitgraph", "build", str(specs), "-o", str(out), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
