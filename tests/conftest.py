@@ -214,3 +214,25 @@ def require_reference(module: str):
             f"reference implementation {module!r} is missing ({exc}); install the test extra: pip install -e '.[test]'",
             pytrace=False,
         )
+
+
+def save_vector(path: Path, tensors: dict, node_id: str) -> Path:
+    """A traitgraph task-vector file of ``tensors`` with placeholder provenance (for link and merge tests)."""
+    from traitgraph.compiler.task_vector import TaskVectorMeta, save_task_vector
+
+    meta = TaskVectorMeta(
+        node_id=node_id,
+        node_hash=f"hash-{node_id}",
+        base_fingerprint="sha256:test",
+        optimizer={},
+        training={},
+        steps=1,
+        tokens=1,
+        final_loss=0.0,
+        loss_curve=[0.0],
+        oscillation=1.0,
+        dtype="float32",
+        traitgraph_version="test",
+    )
+    save_task_vector(path, tensors, meta)
+    return path

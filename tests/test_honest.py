@@ -7,13 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from traitgraph.compiler.task_vector import TaskVectorMeta, save_task_vector
 from traitgraph.evaluate.honest import trimmed_vector
 from traitgraph.evaluate.kept_words import lost_in_words
 from traitgraph.evaluate.report import PromptResult, Retention, check_gates
 from traitgraph.graph.schema import EvalSettings, MergeSettings
 from traitgraph.linker.link import LinkInput, link_checkpoint
 from traitgraph.linker.merging import MergeOptions
+
+from conftest import save_vector
 
 
 @pytest.fixture(scope="module")
@@ -22,21 +23,7 @@ def one_vector(tiny_base_dir, tmp_path_factory):
     g = torch.Generator().manual_seed(3)
     tau = {k: torch.randn(v.shape, generator=g) * 0.01 for k, v in base.items()}
     path = tmp_path_factory.mktemp("honest") / "pirate.safetensors"
-    meta = TaskVectorMeta(
-        node_id="pirate",
-        node_hash="h",
-        base_fingerprint="sha256:test",
-        optimizer={},
-        training={},
-        steps=1,
-        tokens=1,
-        final_loss=0.0,
-        loss_curve=[0.0],
-        oscillation=1.0,
-        dtype="float32",
-        traitgraph_version="test",
-    )
-    save_task_vector(path, tau, meta)
+    save_vector(path, tau, "pirate")
     return base, tau, path
 
 

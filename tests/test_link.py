@@ -14,7 +14,6 @@ from safetensors.torch import load_file, save_file
 
 import traitgraph.linker.link as link_module
 from traitgraph.atomic import sha256_file
-from traitgraph.compiler.task_vector import TaskVectorMeta, save_task_vector
 from traitgraph.errors import BuildError, UserError
 from traitgraph.graph.schema import MergeSettings
 from traitgraph.linker.link import LinkInput, checkpoint_files, link_checkpoint
@@ -30,25 +29,7 @@ from traitgraph.linker.lock import (
 )
 from traitgraph.linker.merging import ties
 
-
-def save_vector(path: Path, tensors: dict[str, torch.Tensor], node_id: str) -> Path:
-    """A traitgraph task-vector file with placeholder provenance."""
-    meta = TaskVectorMeta(
-        node_id=node_id,
-        node_hash=f"hash-{node_id}",
-        base_fingerprint="sha256:test",
-        optimizer={},
-        training={},
-        steps=1,
-        tokens=1,
-        final_loss=0.0,
-        loss_curve=[0.0],
-        oscillation=1.0,
-        dtype="float32",
-        traitgraph_version="test",
-    )
-    save_task_vector(path, tensors, meta)
-    return path
+from conftest import save_vector
 
 
 def base_tensors(base_dir: Path) -> dict[str, torch.Tensor]:

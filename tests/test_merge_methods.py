@@ -339,9 +339,10 @@ def test_linked_checkpoint_is_base_plus_the_pure_merge_whatever_the_chunk_size(
     from safetensors.torch import load_file
 
     import traitgraph.linker.link as link_module
-    from traitgraph.compiler.task_vector import TaskVectorMeta, save_task_vector
     from traitgraph.linker.link import LinkInput, link_checkpoint
     from traitgraph.linker.merging import derive_seed
+
+    from conftest import save_vector
 
     base = load_file(tiny_base_dir / "model.safetensors")
     names = ("a", "b")
@@ -351,21 +352,7 @@ def test_linked_checkpoint_is_base_plus_the_pure_merge_whatever_the_chunk_size(
     }
     inputs = []
     for n, w in zip(names, (0.9, -0.6)):
-        meta = TaskVectorMeta(
-            node_id=n,
-            node_hash=n,
-            base_fingerprint="sha256:test",
-            optimizer={},
-            training={},
-            steps=1,
-            tokens=1,
-            final_loss=0.0,
-            loss_curve=[0.0],
-            oscillation=1.0,
-            dtype="float32",
-            traitgraph_version="test",
-        )
-        save_task_vector(tmp_path / f"{n}.safetensors", taus[n], meta)
+        save_vector(tmp_path / f"{n}.safetensors", taus[n], n)
         inputs.append(LinkInput(n, tmp_path / f"{n}.safetensors", w))
     settings = MergeSettings(method=method, density=0.4, lambda_=0.8)
     whole = link_checkpoint(tiny_base_dir, inputs, settings, tmp_path / "whole", progress=False)
