@@ -61,6 +61,28 @@ def test_full_rank_adapter_reproduces_the_checkpoint_and_low_rank_is_close(build
     assert "lm_head" in config["target_modules"]  # the tied head moves with the embeddings
 
 
+def test_an_iso_c_build_of_rank_r_exports_exactly_at_rank_r(build, tiny_base_dir, tmp_path, capsys):
+    import shutil
+
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    specs, _ = build
+    low = shutil.copytree(specs, tmp_path / "specs")
+    personality = yaml.safe_load((low / "personality.yaml").read_text())
+    personality["merge"] = {"method": "iso_c", "rank": 4, "lambda": 2.0}
+    (low / "personality.yaml").write_text(yaml.safe_dump(personality))
+    out = tmp_path / "out"
+    assert main(["build", str(low), "-o", str(out), "--", "link"]) == 0
+    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(1))
+    built = _logits(AutoModelForCausalLM.from_pretrained(out / "checkpoint"), ids)
+    assert (_logits(AutoModelForCausalLM.from_pretrained(tiny_base_dir), ids) - built).abs().max().item() > 0.1
+    capsys.readouterr()
+    assert main(["export", str(out), "--lora", "4", "--specs", str(low)]) == 0
+    assert "100.0 % of the delta's energy kept" in capsys.readouterr().out
+    assert (_adapter_logits(tiny_base_dir, out / "lora-r4", ids) - built).abs().max().item() < 1e-4
+
+
 def test_no_norms_leaves_out_modules_to_save(build):
     from safetensors import safe_open
 

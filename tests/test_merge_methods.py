@@ -238,6 +238,19 @@ def test_iso_c_flattens_the_spectrum_and_keeps_the_subspace():
     assert torch.allclose(u @ (u.T @ merged), merged, atol=1e-5)  # the sum's column space
 
 
+def test_iso_c_with_a_rank_flattens_only_the_top_directions():
+    taus = [randn(24, 16, seed=s) for s in range(2)]
+    total = taus[0] * 0.7 - taus[1] * 0.3
+    merged = iso_c(taus, [0.7, -0.3], rank=5)
+    s = torch.linalg.svdvals(merged)
+    top = torch.linalg.svdvals(total)[:5]
+    assert torch.allclose(s[:5], torch.full((5,), float(top.mean())), atol=1e-4)
+    assert float(s[5:].abs().max()) < 1e-4  # rank 5 exactly
+    u = torch.linalg.svd(total, full_matrices=False).U[:, :5]
+    assert torch.allclose(u @ (u.T @ merged), merged, atol=1e-5)  # the sum's top-5 column space
+    assert torch.allclose(iso_c(taus, [0.7, -0.3], rank=16), iso_c(taus, [0.7, -0.3]), atol=1e-5)
+
+
 # --------------------------------------------------------------------------- sparsifying methods
 
 
@@ -298,6 +311,14 @@ def test_della_epsilon_out_of_range_is_a_spec_error():
         MergeSettings(method="della", density=0.1, epsilon=0.15)
     with pytest.raises(UserError, match="choose epsilon < 0.1"):
         MergeOptions("della", density=0.1, epsilon=0.15)
+
+
+def test_a_rank_outside_iso_c_is_a_spec_error():
+    with pytest.raises(ValueError, match="rank applies to method iso_c only, not ties"):
+        MergeSettings(method="ties", rank=8)
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        MergeSettings(method="iso_c", rank=0)
+    assert MergeOptions.from_settings(MergeSettings(method="iso_c", rank=8)).rank == 8
 
 
 # --------------------------------------------------------------------------- registry

@@ -442,6 +442,15 @@ class MergeSettings(Strict):
         le=1.0,
         description="Iso-CTS: share of each matrix's rank given to the common subspace of the summed τ.",
     )
+    rank: int | None = Field(
+        default=None,
+        ge=1,
+        le=65536,
+        description=(
+            "Iso-C: keep only the top `rank` singular directions of each summed matrix before flattening "
+            "(null: all, as the paper). A LoRA export of at least this rank is then exact."
+        ),
+    )
 
     @model_validator(mode="after")
     def _della_probabilities(self) -> MergeSettings:
@@ -451,6 +460,12 @@ class MergeSettings(Strict):
                 f"della keeps entries with probability density ± epsilon, which must lie in (0, 1); "
                 f"density {self.density}, epsilon {self.epsilon}: lower epsilon"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _rank_is_iso_c(self) -> MergeSettings:
+        if self.rank is not None and self.method != "iso_c":
+            raise ValueError(f"rank applies to method iso_c only, not {self.method}; remove it or use iso_c")
         return self
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

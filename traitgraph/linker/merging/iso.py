@@ -8,6 +8,17 @@ the sum dominates the others. For each 2-D tensor::
     M = Σ_i w_i τ_i = U Σ Vᵀ            (thin SVD, k = min(rows, cols))
     delta = λ · U (σ̄ I) Vᵀ              σ̄ = mean of the k singular values
 
+With ``rank`` r (an option of ours, not in the paper: ``merge.rank``), only
+the top r singular directions of M are kept and flattened::
+
+    delta = λ · U_r (σ̄_r I) V_rᵀ        σ̄_r = mean of the top r singular values
+
+The paper's task vectors are full-rank fine-tunes; ours are a few small steps
+on a few examples, whose sum has a handful of strong directions and a long
+tail of weak ones. Flattening the whole spectrum lifts that tail to the mean;
+a rank keeps the flattening on the directions the nodes wrote. The result has
+rank r per matrix, so a LoRA adapter of rank ≥ r carries it exactly.
+
 **Iso-CTS** keeps a common subspace of M and gives each task its own
 directions outside it. With c = ⌊f·k⌋ for ``common_space_fraction`` f,
 t = round((k − c)/n)·n, then c = k − t and s = (k − c)/n per task::
@@ -34,21 +45,31 @@ from traitgraph.linker.merging.tsv import (
     finish,
     mean,
     orthogonal_factor,
+    top_triplets,
     weighted,
 )
 
 
-def iso_c(task_tensors: Sequence[torch.Tensor], weights: Sequence[float], lambda_: float = 1.0) -> torch.Tensor:
+def iso_c(
+    task_tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    lambda_: float = 1.0,
+    rank: int | None = None,
+) -> torch.Tensor:
     """The Iso-C merged delta (float32) of one tensor, so that W = W_base + delta.
 
     >>> iso_c([torch.tensor([[3.0, 0.0], [0.0, 1.0]])], [1.0])   # spectrum (3, 1) -> (2, 2)
     tensor([[2., 0.],
             [0., 2.]])
+    >>> iso_c([torch.tensor([[3.0, 0.0], [0.0, 1.0]])], [1.0], rank=1) + 0.0   # (3, 1) -> (3, 0)
+    tensor([[3., 0.],
+            [0., 0.]])
     """
     taus = weighted(task_tensors, weights)
     if taus[0].dim() != 2:
         return finish(mean(taus), lambda_)
-    u, s, vt = torch.linalg.svd(torch.stack(taus).sum(dim=0), full_matrices=False)
+    total = torch.stack(taus).sum(dim=0)
+    u, s, vt = top_triplets(total, min(total.shape) if rank is None else min(rank, *total.shape))
     return finish((u * s.mean()) @ vt, lambda_)
 
 

@@ -123,6 +123,7 @@ class MergeOptions:
     gamma: float = 0.01
     rescale: bool = True
     common_space_fraction: float = 0.8
+    rank: int | None = None
 
     def __post_init__(self) -> None:
         get_method(self.method)
@@ -132,6 +133,8 @@ class MergeOptions:
             raise UserError(f"gamma must be in [0, 1), got {self.gamma}")
         if not 0.0 <= self.common_space_fraction <= 1.0:
             raise UserError(f"common_space_fraction must be in [0, 1], got {self.common_space_fraction}")
+        if self.rank is not None and self.rank < 1:
+            raise UserError(f"rank must be at least 1, got {self.rank}")
         if self.method == "della":
             check_della_epsilon(self.density, self.epsilon)
         if self.sign_vote not in SIGN_VOTE_CHOICES:
@@ -156,6 +159,7 @@ class MergeOptions:
             gamma=settings.gamma,
             rescale=settings.rescale,
             common_space_fraction=settings.common_space_fraction,
+            rank=settings.rank,
         )
 
 
@@ -195,8 +199,10 @@ def merge_whole(
     if METHODS[name].sparsify == "spectral":
         present = [i for i, t in enumerate(task_tensors) if t is not None]
         taus, weights = [taus[i] for i in present], [weights[i] for i in present]
-    if name in ("tsv_m", "iso_c"):
-        return METHODS[name].function(taus, weights, o.lambda_)
+    if name == "tsv_m":
+        return tsv_m(taus, weights, o.lambda_)
+    if name == "iso_c":
+        return iso_c(taus, weights, o.lambda_, o.rank)
     if name == "iso_cts":
         return iso_cts(taus, weights, o.lambda_, o.common_space_fraction)
     if name == "breadcrumbs":
