@@ -123,6 +123,36 @@ def test_batched_scores_and_generation_equal_one_at_a_time(tiny):
     ]
 
 
+def test_a_case_scores_its_two_replies_as_two_separate_examples_would(tiny):
+    from traitgraph.evaluate.scores import rejected_example, score_responses
+
+    model, tok = tiny
+    cases = [
+        CASE,
+        EvalCase(context="a much longer question about the sea and the ship?", response="yes", rejected="no way"),
+        EvalCase(context="hi", response="arr"),  # no rejected reply
+        EvalCase(
+            messages=[
+                {"role": "user", "content": "ahoy"},
+                {"role": "assistant", "content": "arr"},
+                {"role": "user", "content": "where to?"},
+            ],
+            response="to the sea",
+            rejected="I don't know, sorry.",
+        ),
+    ]
+    scores = score_cases(model, tok, cases)
+    examples = [*cases, *(rejected_example(c) for c in cases if c.rejected is not None)]
+    separate = score_responses(model, tok, examples, batch_size=1)  # one example per forward pass
+    assert [s.wanted.tokens for s in scores] == [s.tokens for s in separate[:4]]
+    for s, w in zip(scores, separate[:4]):
+        assert s.wanted.nll == pytest.approx(w.nll, abs=1e-4)
+    rejected = [s.rejected for s in scores if s.rejected is not None]
+    assert scores[2].rejected is None and len(rejected) == 3
+    for r, ref in zip(rejected, separate[4:]):
+        assert (r.nll, r.tokens) == (pytest.approx(ref.nll, abs=1e-4), ref.tokens)
+
+
 def _scores(margin_base: float, margin_model: float) -> tuple[list[CaseScore], list[CaseScore]]:
     def case(m: float) -> CaseScore:
         return CaseScore(ResponseScore(nll=10.0, tokens=5), ResponseScore(nll=10.0 + m, tokens=5))

@@ -73,21 +73,36 @@ def tensors_applied(model, layers: Sequence[tuple[dict[str, torch.Tensor], float
 
 
 def score_trimmed(
-    model, tokenizer, spec, order: list[str], vectors: dict[str, Path], lock, memo_dir: Path, fingerprint: str
+    model,
+    tokenizer,
+    spec,
+    order: list[str],
+    vectors: dict[str, Path],
+    lock,
+    memo_dir: Path,
+    fingerprint: str,
+    alone: dict[str, list] | None = None,
 ) -> dict[str, list]:
     """Each node's eval-case scores under base + (its dependencies, untrimmed) + w·own_trim(τ).
 
-    Remembered (like the *alone* scores) under the vector's hash, its weight and the merge settings.
+    For a method whose own trim is τ itself (task arithmetic, Iso-C, Iso-CTS) that model is the
+    node alone, so ``alone`` (each node's eval cases first, as the alone scores are) is reused.
+    Otherwise remembered (like the *alone* scores) under the vector's hash, its weight and the
+    settings the trim reads (not λ: a sweep over λ scores each trim once).
     """
     from traitgraph.evaluate.inputs import canonical as _canonical
     from traitgraph.evaluate.memo import ScoreMemo
     from traitgraph.evaluate.scorer import ModelScorer
     from traitgraph.evaluate.scorer import case_item as _case_item
     from traitgraph.linker.merging import MergeOptions
+    from traitgraph.linker.merging.own_trim import KEEPS_EVERY_ENTRY, TRIM_SETTINGS
 
     by_id = {n.id: n for n in lock.nodes}
+    if alone is not None and lock.merge.method in KEEPS_EVERY_ENTRY:
+        return {n: alone[n][: len(spec.nodes[n].spec.eval)] for n in order}
     options = MergeOptions.from_settings(lock.merge)
-    settings = lock.merge.model_dump(mode="json", by_alias=True)
+    dumped = lock.merge.model_dump(mode="json", by_alias=True)
+    settings = {k: dumped[k] for k in TRIM_SETTINGS}
     out: dict[str, list] = {}
     for n in order:
         deps = [d for d in spec.dependencies(n) if d in by_id]

@@ -240,13 +240,15 @@ def _score_alone(model, tokenizer, fingerprint: str, work: _Work) -> dict[str, l
     return out
 
 
-def _score_references(model, tokenizer, fingerprint: str, work: _Work, clock: _Clock) -> dict[str, dict]:
+def _score_references(
+    model, tokenizer, fingerprint: str, work: _Work, clock: _Clock, alone: dict[str, list]
+) -> dict[str, dict]:
     """Each node under its own merge trim alone, and (``eval.joint_reference``) under the joint model."""
     from traitgraph.compiler.base_model import resolve_base
 
     with clock.phase("score each node trimmed"):  # the merge's own trim of each node, alone
         trimmed = score_trimmed(
-            model, tokenizer, work.plan.spec, work.order, work.vectors, work.lock, work.memo_dir, fingerprint
+            model, tokenizer, work.plan.spec, work.order, work.vectors, work.lock, work.memo_dir, fingerprint, alone
         )
     joint: dict[str, list] = {}
     if work.plan.spec.personality.eval.joint_reference:
@@ -332,7 +334,7 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
         scorer.memo.save()
     with clock.phase("score each node alone"):
         alone = _score_alone(model, tokenizer, fingerprint, work)
-    extra = _score_references(model, tokenizer, fingerprint, work, clock)
+    extra = _score_references(model, tokenizer, fingerprint, work, clock, alone)
     del model, scorer
     with clock.phase("load linked checkpoint"):
         model, tokenizer = _load_linked(plan)

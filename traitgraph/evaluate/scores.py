@@ -29,7 +29,7 @@ from traitgraph.compiler.data import (
     pad_id,
 )
 from traitgraph.compiler.generate import generate, prompt_ids, stop_ids  # noqa: F401  (re-exported)
-from traitgraph.compiler.losses import response_token_losses
+from traitgraph.compiler.losses import shared_context_token_losses
 from traitgraph.errors import BuildError
 from traitgraph.graph.schema import EvalCase, Example
 
@@ -71,16 +71,23 @@ class CaseScore:
 # --------------------------------------------------------------------------- log-probabilities
 
 
-def _score_encoded(model, tokenizer, encoded: Sequence[EncodedExample], batch_size: int) -> list[ResponseScore]:
-    """Summed NLL and token count of each encoded example, in input order."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths together
+def _score_encoded(
+    model, tokenizer, encoded: Sequence[EncodedExample], batch_size: int, group: int = 1
+) -> list[ResponseScore]:
+    """Summed NLL and token count of each encoded example, in input order.
+
+    With ``group`` > 1 the examples come in runs of ``group`` sharing one context,
+    kept together in one batch and scored with the context encoded once.
+    """
+    runs = sorted(range(0, len(encoded), group), key=lambda r: len(encoded[r]))  # similar lengths together
+    order = [r + k for r in runs for k in range(group)]
     out: list[ResponseScore | None] = [None] * len(encoded)
     pad = pad_id(tokenizer)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = collate([encoded[i] for i in idx], pad)
-            nll = response_token_losses(model, batch).sum(dim=1)  # (B,)
+            nll = shared_context_token_losses(model, batch, group).sum(dim=1)  # (B,)
             counts = batch.response_mask.sum(dim=1)
             for row, i in enumerate(idx):
                 out[i] = ResponseScore(float(nll[row]), int(counts[row]))
@@ -104,16 +111,30 @@ def rejected_example(case: EvalCase) -> Example:
 
 
 def score_cases(model, tokenizer, cases: Sequence[EvalCase], *, batch_size: int = 8) -> list[CaseScore]:
-    """Wanted (and rejected) response scores of each eval case, in one batched pass.
+    """Wanted (and rejected) response scores of each eval case, batched.
+
+    A case's two replies share its context, which is encoded once for both
+    (:func:`~traitgraph.compiler.losses.shared_context_token_losses`).
 
     >>> [round(s.margin, 2) for s in score_cases(model, tok, cases)]   # doctest: +SKIP
     [1.2, -0.4]
     """
-    examples: list[Example] = list(cases)
-    examples += [rejected_example(c) for c in cases if c.rejected is not None]
-    scores = score_responses(model, tokenizer, examples, batch_size=batch_size)
-    wanted, rejected = scores[: len(cases)], iter(scores[len(cases) :])
-    return [CaseScore(w, next(rejected) if c.rejected is not None else None) for w, c in zip(wanted, cases)]
+
+    def encoded(example: Example, i: int) -> EncodedExample:
+        return encode_example(tokenizer, example, max_length=MAX_EVAL_TOKENS, where=f"eval case {i}")
+
+    wanted = {i: encoded(c, i) for i, c in enumerate(cases)}
+    rejected = {i: encoded(rejected_example(c), i) for i, c in enumerate(cases) if c.rejected is not None}
+    pairs = [i for i in rejected if rejected[i].context == wanted[i].context]
+    rest = [(i, 0, wanted[i]) for i in wanted if i not in pairs]
+    rest += [(i, 1, rejected[i]) for i in rejected if i not in pairs]
+    scored = dict(
+        zip([(i, k) for i, k, _ in rest], _score_encoded(model, tokenizer, [e for *_, e in rest], batch_size))
+    )
+    rows = [e for i in pairs for e in (wanted[i], rejected[i])]
+    for n, score in enumerate(_score_encoded(model, tokenizer, rows, 2 * batch_size, group=2)):
+        scored[pairs[n // 2], n % 2] = score
+    return [CaseScore(scored[i, 0], scored.get((i, 1))) for i in range(len(cases))]
 
 
 def text_scores(model, tokenizer, lines: Sequence[str], *, batch_size: int = 16) -> list[ResponseScore | None]:

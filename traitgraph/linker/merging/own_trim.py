@@ -41,6 +41,12 @@ def low_rank(tau: torch.Tensor, rank: int) -> torch.Tensor:
     return ((u * s) @ vt).to(torch.float32)
 
 
+#: The methods whose own trim is τ itself: their "trimmed" model is the node alone.
+KEEPS_EVERY_ENTRY = frozenset({"task_arithmetic", "iso_c", "iso_cts"})
+#: The merge settings :func:`own_trim` reads (λ, the dtype and the combining options do not change a trim).
+TRIM_SETTINGS = ("method", "density", "seed", "epsilon", "gamma", "rescale")
+
+
 def own_trim(
     options: MergeOptions, tau: torch.Tensor, tensor_name: str, node_id: str, n_nodes: int, density: float | None = None
 ) -> torch.Tensor:
