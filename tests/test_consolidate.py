@@ -138,3 +138,71 @@ def test_consolidate_command_writes_a_loadable_checkpoint(tiny_specs, tmp_path, 
     model = AutoModelForCausalLM.from_pretrained(out / "consolidated")
     linked = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
     assert any(not torch_equal(a, b) for a, b in zip(model.parameters(), linked.parameters()))
+
+
+def _set_merge(specs, merge: dict) -> None:
+    import yaml
+
+    path = specs / "personality.yaml"
+    personality = yaml.safe_load(path.read_text())
+    personality["merge"] = merge
+    path.write_text(yaml.safe_dump(personality))
+
+
+def test_merge_consolidate_distils_inside_the_link_and_the_report_shows_it(tiny_specs, tmp_path, capsys):
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from traitgraph.cli import main
+
+    counting = pirate_node(
+        examples=[
+            {"context": f"count the {w}", "response": f"there are {i} {w}"} for i, w in enumerate(["ships", "days"])
+        ],
+        eval=[{"context": "count the sea", "response": "one sea", "rejected": "no idea"}],
+    )
+    specs = tiny_specs(nodes={"pirate": pirate_node(), "counting": counting}, training={"steps": 4})
+    plain, distilled, again = tmp_path / "plain", tmp_path / "distilled", tmp_path / "again"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["build", str(specs), "-o", str(plain), "--", "link"]) == 0
+    _set_merge(specs, {"consolidate": {"steps": 2, "learning_rate": 1e-3, "batch_size": 2, "general_lines": 8}})
+    cmd = [sys.executable, "-m", "traitgraph", "build", str(specs), "-o"]
+    done = subprocess.run([*cmd, str(distilled)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "consolidate: step 2/2" in done.stdout  # progress
+    assert done.stdout.count("cache hit") == 2  # the vectors came from the cache
+
+    record = json.loads((distilled / "checkpoint" / "consolidation.json").read_text())
+    assert set(record["kl_before"]) == {"pirate", "counting", "(base, general text)"} == set(record["kl_after"])
+    assert all(v >= 0 for v in [*record["kl_before"].values(), *record["kl_after"].values()])
+    assert record["kl_after"] != record["kl_before"] and len(record["loss"]) == 2
+    before, after = (
+        load_file(plain / "checkpoint" / "model.safetensors"),
+        load_file(distilled / "checkpoint" / "model.safetensors"),
+    )
+    assert before.keys() == after.keys() and any(not before[k].equal(after[k]) for k in before)
+    assert all(before[k].dtype == after[k].dtype for k in before)
+    lock = json.loads((distilled / "traitgraph.lock").read_text())
+    assert "consolidation.json" in lock["outputs"] and lock["merge"]["consolidate"]["steps"] == 2
+    report = (distilled / "report.md").read_text()
+    assert "## Consolidation" in report and (distilled / "figures" / "consolidation.png").is_file()
+
+    # the same specs give the same bytes; a lock alone cannot redo the distillation, and says so
+    assert subprocess.run([*cmd, str(again), "--", "link"], capture_output=True, check=False).returncode == 0
+    assert json.loads((again / "traitgraph.lock").read_text())["outputs"] == lock["outputs"]
+    capsys.readouterr()
+    assert main(["link", str(specs), "--lock", str(distilled / "traitgraph.lock"), "-o", str(tmp_path / "r")]) == 2
+    assert "consolidated after linking" in capsys.readouterr().err
+
+
+def test_a_bad_consolidate_field_is_named(tiny_specs, capsys):
+    from traitgraph.cli import main
+
+    specs = tiny_specs()
+    _set_merge(specs, {"consolidate": {"steps": -1}})
+    assert main(["check", str(specs)]) == 2
+    err = capsys.readouterr().err
+    assert "personality.yaml" in err and "merge.consolidate.steps" in err

@@ -1,6 +1,6 @@
 """Consolidate a built checkpoint: distil it toward each node alone and the base.
 
-    traitgraph consolidate [SPECS_DIR] [-o OUT] [--steps 8] [--lr 1e-4]
+    traitgraph consolidate [SPECS_DIR] [-o OUT] [--steps 8] [--lr 1e-5]
                            [--batch-size 8] [--general-weight 1.0] [--general-lines 64]
 
 Reads ``OUT/checkpoint`` (from ``traitgraph build``) and each node's task
@@ -24,28 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("specs_dir", nargs="?", default="specs", help="specs directory (default: specs)")
     parser.add_argument("-o", "--out", default="out", help="build output directory (default: out)")
     parser.add_argument("--steps", type=int, default=8, help="distillation steps (default 8)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    parser.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (default 1e-5)")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per node batch and per general batch")
     parser.add_argument("--general-weight", type=float, default=1.0, help="weight of the KL to the base (default 1)")
     parser.add_argument("--general-lines", type=int, default=64, help="replay-corpus lines used (default 64)")
-
-
-def _sources(plan, tokenizer):
-    from traitgraph.compiler.consolidate import Source
-    from traitgraph.compiler.data import encode_examples
-    from traitgraph.errors import BuildError
-    from traitgraph.graph.target import resolve_target
-
-    sources = []
-    for node_id in plan.spec.build_order():
-        if not plan.node_is_built(node_id):
-            raise BuildError(f"node '{node_id}' is not built; run `traitgraph build` first")
-        target = resolve_target(plan.spec, node_id, plan.fingerprint, plan.hashes)
-        examples = encode_examples(tokenizer, target.examples, max_length=target.settings.max_length)
-        sources.append(
-            Source(node_id, plan.cache.verify(plan.hashes[node_id]), examples, plan.spec.nodes[node_id].spec.weight)
-        )
-    return sources
 
 
 def _save_dir(model, tokenizer, final: Path) -> None:
@@ -68,6 +50,7 @@ def _save_dir(model, tokenizer, final: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from traitgraph.builder.consolidation import general_rows, node_sources
     from traitgraph.builder.plan import BuildPlan
     from traitgraph.builder.tasks import train_threads
     from traitgraph.compiler.base_model import load_model, resolve_base
@@ -77,9 +60,8 @@ def run(args: argparse.Namespace) -> int:
         consolidate,
         mean_kl,
     )
-    from traitgraph.compiler.data import encode_text, pad_id
+    from traitgraph.compiler.data import pad_id
     from traitgraph.errors import UserError
-    from traitgraph.graph.replay import GENERAL_REPLAY_FILE, shipped_text
 
     if args.steps < 1 or args.batch_size < 1 or args.lr <= 0 or args.general_weight < 0 or args.general_lines < 1:
         raise UserError(
@@ -94,9 +76,8 @@ def run(args: argparse.Namespace) -> int:
     student, tokenizer = load_model(resolve_base(str(plan.out.checkpoint.resolve())), dtype=torch.float32)
     teacher = Teacher(load_model(base, dtype=torch.float32)[0])
     pad = pad_id(tokenizer)
-    sources = _sources(plan, tokenizer)
-    lines = shipped_text(GENERAL_REPLAY_FILE)[: args.general_lines]
-    general = [e for e in (encode_text(tokenizer, line, max_length=256) for line in lines) if e is not None]
+    sources = node_sources(plan, tokenizer)
+    general = general_rows(tokenizer, args.general_lines)
 
     def kls() -> list[float]:
         return [mean_kl(student, teacher, s, s.examples, pad) for s in sources] + [

@@ -20,7 +20,7 @@ subtracted) when node i's turn comes.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +38,7 @@ class ConsolidateSettings:
     """How long and how hard to distil."""
 
     steps: int = 8
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-5
     batch_size: int = 8
     """Rows of a node's examples per step (and as many general lines)."""
     general_weight: float = 1.0
@@ -99,8 +99,11 @@ def consolidate(
     general: Sequence[EncodedExample],
     pad: int,
     settings: ConsolidateSettings,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> list[float]:
-    """Distil ``student`` in place (see module doc); returns the loss per step."""
+    """Distil ``student`` in place (see module doc); returns the loss per step.
+
+    ``on_step(step, steps, loss)`` is called after each step (progress)."""
     from traitgraph.compiler.optim import build_optimizer
     from traitgraph.graph.schema import OptimizerSettings
 
@@ -126,6 +129,8 @@ def consolidate(
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         opt.step()
         curve.append(value)
+        if on_step is not None:
+            on_step(step + 1, settings.steps, value)
     student.eval()
     return curve
 

@@ -181,6 +181,27 @@ def _interference_section(report: EvalReport) -> list[str]:
     return out
 
 
+def _consolidation_section(report: EvalReport) -> list[str]:
+    record = report.consolidation
+    if not record:
+        return []
+    out = [
+        "## Consolidation",
+        "",
+        f"`merge.consolidate` distilled the linked weights for {record['steps']} steps toward each node alone "
+        "(on its examples) and the base (on general text). KL(teacher ‖ checkpoint) on the response tokens, "
+        "lower is closer; the tables above score the consolidated checkpoint.",
+        "",
+        "| teacher | plain merge | consolidated |",
+        "|---|---:|---:|",
+    ]
+    out += [f"| {n} | {b:.4f} | {record['kl_after'][n]:.4f} |" for n, b in record["kl_before"].items()]
+    out.append("")
+    if "consolidation" in report.figures:
+        out += [f"![consolidation]({report.figures['consolidation']})", ""]
+    return out
+
+
 def _training_section(report: EvalReport) -> list[str]:
     trained = [n for n in report.nodes if n.training is not None]
     if not trained:
@@ -216,6 +237,7 @@ def render_markdown(report: EvalReport) -> str:
         tests_section,
         _retention_section,
         _interference_section,
+        _consolidation_section,
         _training_section,
         _samples_section,
     ):

@@ -222,6 +222,7 @@ def draw_figures(report, figures_dir: Path) -> dict[str, Path]:
         ("interference", plot_interference),
         ("loss_curves", plot_loss_curves),
         ("tests", plot_test_pass_rates),
+        ("consolidation", plot_consolidation),
     ):
         path = fn(report, figures_dir / f"{name}.png")
         if path is not None:
@@ -263,5 +264,31 @@ def plot_test_pass_rates(report, png: Path) -> Path | None:
     ax.set_ylabel("tests passed (%)")
     ax.set_title("Behaviour tests passed per node: base vs built")
     ax.legend(handles=handles, fontsize=8, frameon=False, loc="upper right", ncol=3)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, png)
+
+
+def plot_consolidation(report, png: Path) -> Path | None:
+    """KL to each node alone and to the base, before and after ``merge.consolidate``."""
+    record = report.consolidation
+    if not record:
+        return None
+    names = list(record["kl_before"])
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) + 2), 4.5))
+    width = 0.38
+    for i, name in enumerate(names):
+        ax.bar(i - width / 2, record["kl_before"][name], width, color=GREY)
+        ax.bar(i + width / 2, record["kl_after"][name], width, color=POSITIVE)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel("KL(teacher ‖ linked), response tokens")
+    ax.set_title(f"Consolidation ({record['steps']} steps): distance to each node alone and to the base")
+    from matplotlib.patches import Patch
+
+    ax.legend(
+        handles=[Patch(color=GREY, label="plain merge"), Patch(color=POSITIVE, label="consolidated")],
+        fontsize=8,
+        frameon=False,
+    )
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, png)

@@ -300,6 +300,7 @@ def _assemble(
         nodes=nodes,
         retention=kept,
         interference=interference,
+        consolidation=consolidation_record(work.plan.out.checkpoint),
         tests=tests,
         gates=gates,
         passed=all(g.passed for g in gates),
@@ -321,6 +322,16 @@ def evaluate_build(plan: BuildPlan, *, threads: int | None = None, progress: boo
         print(f"eval: {threads} torch thread{'s' if threads != 1 else ''}", flush=True)
     with torch_threads(threads):
         return _evaluate(plan, progress).model_copy(update={"threads": threads})
+
+
+def consolidation_record(checkpoint: Path) -> dict[str, Any] | None:
+    """The link's ``consolidation.json`` in the checkpoint (a lock output), or None."""
+    import json
+
+    from traitgraph.builder.consolidation import CONSOLIDATION_FILE
+
+    path = checkpoint / CONSOLIDATION_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:

@@ -273,6 +273,11 @@ class EvalReport(_Model):
     nodes: list[NodeResult]
     retention: Retention
     interference: Interference | None = None
+    consolidation: dict[str, Any] | None = Field(
+        default=None,
+        description="The link's merge.consolidate record (checkpoint/consolidation.json): KL to each node "
+        "alone and to the base, before and after distilling; None when the build did not consolidate.",
+    )
     tests: BehaviourTestReport | None = Field(default=None, description="Behaviour tests (`expect:`), base and built.")
     gates: list[Gate]
     passed: bool

@@ -395,6 +395,28 @@ MergeMethodName = Literal[
 ]
 
 
+class ConsolidateSpec(Strict):
+    """``merge.consolidate``: distil the linked checkpoint toward each node alone and the base."""
+
+    steps: int = Field(
+        default=0,
+        ge=0,
+        le=10000,
+        description="Distillation steps after linking (0: off). Each takes one node's examples and general text.",
+    )
+    learning_rate: float = Field(default=1e-5, gt=0.0, le=1.0, description="AdamW learning rate of the distillation.")
+    batch_size: int = Field(
+        default=8, ge=1, le=4096, description="Rows of a node's examples per step, and of general text."
+    )
+    general_weight: float = Field(
+        default=1.0, ge=0.0, le=MAX_SCALE, description="Weight of the KL to the base on general text."
+    )
+    general_lines: int = Field(
+        default=64, ge=1, le=100000, description="Lines of the shipped replay corpus used as general text."
+    )
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of the order examples are drawn in.")
+
+
 class MergeSettings(Strict):
     """How task vectors are linked into one checkpoint (see README, "Linking").
 
@@ -461,6 +483,11 @@ class MergeSettings(Strict):
                 f"density {self.density}, epsilon {self.epsilon}: lower epsilon"
             )
         return self
+
+    consolidate: ConsolidateSpec = Field(
+        default_factory=ConsolidateSpec,
+        description='Distillation after linking (README, "Consolidation"); off unless `steps` > 0.',
+    )
 
     @model_validator(mode="after")
     def _rank_is_iso_c(self) -> MergeSettings:

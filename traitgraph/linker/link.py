@@ -39,7 +39,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -466,11 +466,14 @@ def link(
     max_shard_size: str = "2GB",
     progress: bool = True,
     expect: dict[str, str] | None = None,
+    refine: Callable[[Path], None] | None = None,
 ) -> dict[str, str]:
     """Link ``inputs`` onto the base with ``options``; see :func:`link_checkpoint`.
 
     ``expect`` (relative file name -> sha256, from a lock file) is checked before
     the output is renamed into place: on any difference nothing is replaced.
+    ``refine`` (the consolidation step) may rewrite the weights in the staging
+    directory, and add files to it, before they are hashed and installed.
     """
     if sys.byteorder != "little":
         raise BuildError("the linker writes safetensors (little-endian) and runs only on little-endian machines")
@@ -496,6 +499,8 @@ def link(
         if len(shards) > 1:
             _write_index(tmp, shards, sum(sizes.values()))
         _copy_side_files(base_dir, tmp, dtype)
+        if refine is not None:
+            refine(tmp)
         for path in sorted(tmp.iterdir()):
             if path.name not in outputs:
                 outputs[path.name] = sha256_file(path)
@@ -520,6 +525,7 @@ def link_checkpoint(
     out_dir: Path,
     *,
     progress: bool = True,
+    refine: Callable[[Path], None] | None = None,
 ) -> dict[str, str]:
     """Merge task vectors into a Hugging Face checkpoint at ``out_dir``.
 
@@ -541,4 +547,5 @@ def link_checkpoint(
         dtype=settings.dtype,
         max_shard_size=settings.max_shard_size,
         progress=progress,
+        refine=refine,
     )

@@ -29,7 +29,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from traitgraph.atomic import sha256_file, write_text_atomic
-from traitgraph.errors import BuildError, field_path, validation_message
+from traitgraph.errors import BuildError, UserError, field_path, validation_message
 from traitgraph.graph.schema import MergeSettings
 
 #: a sha256 in hex: what every hash field of a lock must be (never a path: a lock is shared and downloaded)
@@ -144,6 +144,12 @@ def relink(
     from traitgraph.linker.link import LinkInput, link  # torch: only when relinking
     from traitgraph.linker.merging import MergeOptions
 
+    if lock.merge.consolidate.steps:
+        raise UserError(
+            "this lock's checkpoint was consolidated after linking (merge.consolidate), which trains on the "
+            "nodes' examples: a lock file alone cannot rebuild it; rebuild it from the specs "
+            "(`traitgraph build SPECS -o DIR`)"
+        )
     inputs = []
     for node in lock.nodes:
         path = Path(vector_path_for(node.training_hash))

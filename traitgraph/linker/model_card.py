@@ -20,7 +20,6 @@ the weights, config and tokenizer. ``traitgraph verify`` ignores it.
 from __future__ import annotations
 
 import functools
-
 import json
 from dataclasses import dataclass
 from pathlib import Path
