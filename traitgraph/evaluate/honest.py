@@ -73,8 +73,7 @@ def tensors_applied(model, layers: Sequence[tuple[dict[str, torch.Tensor], float
 
 
 def score_trimmed(
-    model,
-    tokenizer,
+    load_base,
     spec,
     order: list[str],
     vectors: dict[str, Path],
@@ -83,7 +82,8 @@ def score_trimmed(
     fingerprint: str,
     alone: dict[str, list] | None = None,
 ) -> dict[str, list]:
-    """Each node's eval-case scores under base + (its dependencies, untrimmed) + w·own_trim(τ).
+    """Each node's eval-case scores under base + (its dependencies, untrimmed) + w·own_trim(τ);
+    ``load_base()`` gives the base ``(model, tokenizer)``, asked for only when a score is not remembered.
 
     For a method whose own trim is τ itself (task arithmetic, Iso-C, Iso-CTS) that model is the
     node alone, so ``alone`` (each node's eval cases first, as the alone scores are) is reused.
@@ -112,6 +112,7 @@ def score_trimmed(
         if memo.has_all("case", [_case_item(c) for c in cases]):
             out[n] = ModelScorer(None, None, memo).cases(cases)
             continue
+        model, tokenizer = load_base()
         layers = [(_all_tensors(vectors[d]), 1.0) for d in deps]
         layers.append((trimmed_vector(vectors[n], options, n, len(order)), by_id[n].weight))
         with tensors_applied(model, layers):

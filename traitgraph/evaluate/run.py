@@ -206,8 +206,25 @@ def _score_model(scorer: ModelScorer, work: _Work) -> _ModelScores:
     )
 
 
-def _load_base(work: _Work):
-    from traitgraph.compiler.base_model import load_model, resolve_base
+class _BaseOnDemand:
+    """The base model, loaded the first time a score is not remembered (a relinked build whose
+    base and node scores are all in the memo never loads it)."""
+
+    def __init__(self, reference):
+        self.reference = reference
+        self._pair = None
+
+    def get(self):
+        """``(model, tokenizer)``."""
+        if self._pair is None:
+            from traitgraph.compiler.base_model import load_model
+
+            self._pair = load_model(self.reference)
+        return self._pair
+
+
+def _load_base(work: _Work) -> tuple[_BaseOnDemand, str]:
+    from traitgraph.compiler.base_model import resolve_base
 
     base_ref = resolve_base(work.lock.base.reference, work.plan.spec.specs_dir)
     if base_ref.fingerprint != work.lock.base.fingerprint:
@@ -215,11 +232,10 @@ def _load_base(work: _Work):
             f"base '{work.lock.base.reference}' now has fingerprint {base_ref.fingerprint[:19]}, but the build "
             f"was linked on {work.lock.base.fingerprint[:19]}; rebuild"
         )
-    model, tokenizer = load_model(base_ref)
-    return model, tokenizer, base_ref.fingerprint
+    return _BaseOnDemand(base_ref), base_ref.fingerprint
 
 
-def _score_alone(model, tokenizer, fingerprint: str, work: _Work) -> dict[str, list]:
+def _score_alone(base: _BaseOnDemand, fingerprint: str, work: _Work) -> dict[str, list]:
     """Each node's cases under base + w·τ (on top of the parents it refines), remembered by the recipe."""
     from traitgraph.evaluate.scores import vectors_applied
 
@@ -234,6 +250,7 @@ def _score_alone(model, tokenizer, fingerprint: str, work: _Work) -> dict[str, l
         if memo.has_all("case", [case_item(c) for c in cases]):
             out[n] = ModelScorer(None, None, memo).cases(cases)
             continue
+        model, tokenizer = base.get()
         with vectors_applied(model, applied):
             out[n] = ModelScorer(model, tokenizer, memo).cases(cases)
         memo.save()
@@ -241,19 +258,20 @@ def _score_alone(model, tokenizer, fingerprint: str, work: _Work) -> dict[str, l
 
 
 def _score_references(
-    model, tokenizer, fingerprint: str, work: _Work, clock: _Clock, alone: dict[str, list]
+    base: _BaseOnDemand, fingerprint: str, work: _Work, clock: _Clock, alone: dict[str, list]
 ) -> dict[str, dict]:
     """Each node under its own merge trim alone, and (``eval.joint_reference``) under the joint model."""
     from traitgraph.compiler.base_model import resolve_base
 
     with clock.phase("score each node trimmed"):  # the merge's own trim of each node, alone
         trimmed = score_trimmed(
-            model, tokenizer, work.plan.spec, work.order, work.vectors, work.lock, work.memo_dir, fingerprint, alone
+            base.get, work.plan.spec, work.order, work.vectors, work.lock, work.memo_dir, fingerprint, alone
         )
     joint: dict[str, list] = {}
     if work.plan.spec.personality.eval.joint_reference:
         with clock.phase("joint reference"):
             base_ref = resolve_base(work.lock.base.reference, work.plan.spec.specs_dir)
+            model, tokenizer = base.get()
             joint = joint_reference_cases(work.plan, model, tokenizer, work.order, work.memo_dir, base_ref, work.notes)
     return {"trimmed": trimmed, "joint": joint}
 
@@ -337,16 +355,15 @@ def consolidation_record(checkpoint: Path) -> dict[str, Any] | None:
 def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
     clock = _Clock(progress)
     work = _gather(plan)
-    with clock.phase("load base"):
-        model, tokenizer, fingerprint = _load_base(work)
+    base_model, fingerprint = _load_base(work)
     with clock.phase("score base"):
-        scorer = ModelScorer(model, tokenizer, ScoreMemo(work.memo_dir, f"base {fingerprint}"))
+        scorer = ModelScorer(None, None, ScoreMemo(work.memo_dir, f"base {fingerprint}"), loader=base_model.get)
         base = _score_model(scorer, work)
         scorer.memo.save()
     with clock.phase("score each node alone"):
-        alone = _score_alone(model, tokenizer, fingerprint, work)
-    extra = _score_references(model, tokenizer, fingerprint, work, clock, alone)
-    del model, scorer
+        alone = _score_alone(base_model, fingerprint, work)
+    extra = _score_references(base_model, fingerprint, work, clock, alone)
+    del base_model, scorer
     with clock.phase("load linked checkpoint"):
         model, tokenizer = _load_linked(plan)
     with clock.phase("score linked"):

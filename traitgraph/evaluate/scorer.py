@@ -38,16 +38,23 @@ def _unpack(v: list):
 class ModelScorer:
     """Scores of one model on the evaluation's data, remembered when ``memo`` is given."""
 
-    def __init__(self, model, tokenizer, memo: ScoreMemo | None = None):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, memo: ScoreMemo | None = None, loader=None):
+        """``loader()`` (optional) gives ``(model, tokenizer)`` the first time a score is not remembered."""
+        self._model, self._tokenizer, self._loader = model, tokenizer, loader
         self.memo = memo if memo is not None else ScoreMemo(None, "")
+
+    def loaded(self) -> tuple:
+        """``(model, tokenizer)``, asking the loader for them the first time."""
+        if self._model is None and self._loader is not None:
+            self._model, self._tokenizer = self._loader()
+        return self._model, self._tokenizer
 
     def cases(self, cases) -> list:
         from traitgraph.evaluate.scores import score_cases
 
         def compute(items):
             validated = [EvalCase.model_validate(i) for i in items]
-            return [_pack(s) for s in score_cases(self.model, self.tokenizer, validated)]
+            return [_pack(s) for s in score_cases(*self.loaded(), validated)]
 
         return [_unpack(v) for v in self.memo.lookup("case", [case_item(c) for c in cases], compute)]
 
@@ -55,7 +62,7 @@ class ModelScorer:
         from traitgraph.evaluate.scores import ResponseScore, text_scores, total
 
         def compute(items):
-            return [None if s is None else [s.nll, s.tokens] for s in text_scores(self.model, self.tokenizer, items)]
+            return [None if s is None else [s.nll, s.tokens] for s in text_scores(*self.loaded(), items)]
 
         values = self.memo.lookup("text", list(lines), compute)
         return total([None if v is None else ResponseScore(v[0], v[1]) for v in values])
@@ -65,6 +72,6 @@ class ModelScorer:
 
         def compute(items):
             chats = [i[0] for i in items]
-            return generate(self.model, self.tokenizer, chats, max_new_tokens=max_new_tokens, batch_size=REPLY_BATCH)
+            return generate(*self.loaded(), chats, max_new_tokens=max_new_tokens, batch_size=REPLY_BATCH)
 
         return self.memo.lookup("reply", [[list(c), max_new_tokens] for c in chats], compute)
