@@ -48,10 +48,18 @@ def _full_logits(model, batch: Batch) -> torch.Tensor:
     return out.logits[:, :-1]  # position t predicts token t+1
 
 
-def _frozen_logits(model, batch: Batch) -> torch.Tensor:
-    """Logits predicting each response token, the context encoded without gradient. (B, Tr, V)"""
-    prefix_ids = batch.context_ids[:, :-1]  # (B, Tc-1)
-    prefix_mask = batch.context_mask[:, :-1]
+def _frozen_logits(model, batch: Batch, group: int = 1) -> torch.Tensor:
+    """Logits predicting each response token, the context encoded without gradient. (B, Tr, V)
+
+    With ``group`` > 1 the rows come in runs of ``group`` sharing one context: it is
+    encoded once per run and its key/value cache repeated for the run's rows.
+    """
+    if len(batch) % group:
+        raise ValueError(f"{len(batch)} rows do not come in runs of {group}")
+    prefix_ids = batch.context_ids[::group, :-1]  # (B/group, Tc-1)
+    prefix_mask = batch.context_mask[::group, :-1]
+    if group > 1 and not torch.equal(batch.context_ids[:, :-1], prefix_ids.repeat_interleave(group, dim=0)):
+        raise ValueError("rows of one run must share their context")
     past = None
     if prefix_ids.shape[1] > 0:
         with torch.no_grad():
@@ -62,10 +70,12 @@ def _frozen_logits(model, batch: Batch) -> torch.Tensor:
                 use_cache=True,
                 logits_to_keep=1,  # the logits are not needed; keep the lm_head cheap
             ).cache
+        if group > 1:
+            past.batch_repeat_interleave(group)
     # [last context token, response[:-1]]: row i has 1 + (len_i - 1) real tokens
     step_ids = torch.cat([batch.context_ids[:, -1:], batch.response_ids[:, :-1]], dim=1)  # (B, Tr)
     step_mask = torch.cat([batch.context_mask[:, -1:], batch.response_mask[:, :-1]], dim=1)
-    mask = torch.cat([prefix_mask, step_mask], dim=1)  # (B, Tc-1+Tr): cache columns, then new ones
+    mask = torch.cat([batch.context_mask[:, :-1], step_mask], dim=1)  # (B, Tc-1+Tr): cache columns, then new ones
     out = model(
         input_ids=step_ids,
         attention_mask=mask,
@@ -124,30 +134,4 @@ def shared_context_token_losses(model, batch: Batch, group: int) -> torch.Tensor
     The numbers are the ones :func:`response_token_losses` gives (tests check 1e-4); the
     context's share of the work is divided by ``group``.
     """
-    if len(batch) % group:
-        raise ValueError(f"{len(batch)} rows do not come in runs of {group}")
-    if group == 1 or batch.context_ids.shape[1] < 2:
-        return response_token_losses(model, batch)
-    prefix_ids = batch.context_ids[::group, :-1]  # one row per run
-    prefix_mask = batch.context_mask[::group, :-1]
-    if not torch.equal(batch.context_ids[:, :-1], prefix_ids.repeat_interleave(group, dim=0)):
-        raise ValueError("rows of one run must share their context")
-    cache = model(
-        input_ids=prefix_ids,
-        attention_mask=prefix_mask,
-        position_ids=position_ids(prefix_mask),
-        use_cache=True,
-        logits_to_keep=1,
-    ).cache
-    cache.batch_repeat_interleave(group)
-    step_ids = torch.cat([batch.context_ids[:, -1:], batch.response_ids[:, :-1]], dim=1)
-    step_mask = torch.cat([batch.context_mask[:, -1:], batch.response_mask[:, :-1]], dim=1)
-    mask = torch.cat([batch.context_mask[:, :-1], step_mask], dim=1)
-    out = model(
-        input_ids=step_ids,
-        attention_mask=mask,
-        position_ids=position_ids(mask)[:, prefix_ids.shape[1] :],
-        cache=cache,
-        use_cache=True,
-    )
-    return token_nll(out.logits, batch)
+    return token_nll(_frozen_logits(model, batch, group), batch)
