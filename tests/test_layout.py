@@ -170,8 +170,6 @@ LONG_FUNCTIONS = {
     "traitgraph.graph.draw.draw_graph": "one matplotlib figure: layout, nodes, edges, labels and legend in order",
     "traitgraph.linker.export_lora.export_lora": "one adapter export in order: tensors, SVD per module, PEFT config, "
     "atomic write; the formatter's one-argument-per-line calls make it long",
-    "traitgraph.graph.load._load_examples_file": "one JSONL file read under the confinement rule, each line's "
-    "problems (JSON, shape, NUL, nesting) reported with its line number in one pass",
     "traitgraph.compiler.train.train_node": "the training loop; reworked by issue 12 item 3 (a resolved target in)",
     "traitgraph.commands.train.run": "loads, trains and reports before/after losses; follows train_node's rework",
 }

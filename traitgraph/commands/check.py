@@ -1,13 +1,17 @@
 """Validate a specs directory and print a summary of its nodes.
 
 Exit status 0 when the specs are valid, 2 with every problem listed otherwise.
+A dream file written with other settings than its ``training.dream`` gives
+a warning on stderr (the file still trains as it is).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from traitgraph.graph import Spec, load_specs
+from traitgraph.graph.dreamfile import stale_dream_files
 from traitgraph.graph.hashing import node_hashes
 
 
@@ -49,6 +53,8 @@ def summary_table(spec: Spec, hashes: dict[str, str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     spec = load_specs(args.specs_dir)
+    for warning in stale_dream_files(spec):
+        print(f"warning: {warning}", file=sys.stderr)
     fingerprint, note = base_fingerprint_or_reference(spec)
     hashes = node_hashes(spec, fingerprint)
     g = spec.graph()

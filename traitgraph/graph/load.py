@@ -17,8 +17,7 @@ message, hint), and one :class:`~traitgraph.errors.SpecError` carries them all.
 from __future__ import annotations
 
 import difflib
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,13 @@ import networkx as nx
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from traitgraph.errors import SpecError, SpecProblem, field_path, validation_message
+from traitgraph.errors import SpecError, SpecProblem
 from traitgraph.graph.confine import OutsideSpecs, confined_path, read_confined
+from traitgraph.graph.dreamfile import DREAM_FIELD, dream_rel, dream_spec_file, read_header
+from traitgraph.graph.examples_file import ExampleSource, read_examples_file, validation_problems
 from traitgraph.graph.schema import (
     DEPENDENCY_EDGE_KINDS,
+    DreamSettings,
     Example,
     NodeSpec,
     Personality,
@@ -47,8 +49,15 @@ class LoadedNode:
     spec: NodeSpec
     file: Path
     examples: tuple[Example, ...]
-    """Inline examples followed by those of ``examples_file``."""
+    """Inline examples, then those of ``examples_file``, then those of the ``training.dream`` file."""
     data_files: tuple[Path, ...] = ()
+    """The files read for ``examples`` (resolved), in order."""
+    data_counts: tuple[int, ...] = ()
+    """How many examples each of ``data_files`` gave."""
+    dream_file: Path | None = None
+    """The ``training.dream`` file read (resolved), when the node sets it."""
+    dream_header: dict | None = None
+    """That file's header (how it was written); ``None`` when it has none."""
 
     @property
     def id(self) -> str:
@@ -103,27 +112,6 @@ class Spec:
 # --------------------------------------------------------------------------- helpers
 
 
-_HINTS = {
-    "extra_forbidden": "remove the key, or check its spelling against the README's spec reference",
-    "missing": "add the field",
-}
-
-
-def _validation_problems(exc: ValidationError, file: Path, node: str | None, prefix: str = "") -> list[SpecProblem]:
-    problems = []
-    for err in exc.errors():
-        path = field_path(err["loc"])
-        if prefix:
-            path = f"{prefix}.{path}" if path and not path.startswith("[") else f"{prefix}{path}"
-        msg = validation_message(err)
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        problems.append(
-            SpecProblem(file=file, node=node, field=path or None, message=msg, hint=_HINTS.get(err["type"]))
-        )
-    return problems
-
-
 class _DuplicateKey(yaml.constructor.ConstructorError):
     """A key given twice in one mapping (PyYAML would silently keep the last)."""
 
@@ -152,15 +140,6 @@ class _StrictLoader(yaml.SafeLoader):
                     )
                 first[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
-
-
-def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key '{key}'")
-        out[key] = value
-    return out
 
 
 def _yaml_error_line(exc: yaml.YAMLError, text: str) -> str:
@@ -234,7 +213,7 @@ def _validate(model: type[BaseModel], data: dict, file: Path, node: str | None, 
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems.extend(_validation_problems(exc, file, node))
+        problems.extend(validation_problems(exc, file, node))
         return None
 
 
@@ -243,72 +222,10 @@ def _load_examples_file(
 ) -> tuple[tuple[Example, ...], Path | None]:
     rel = node.examples_file
     assert rel is not None
-    target = (node_file.parent / rel).resolve()
-    root = specs_dir.resolve()
-    if not target.is_relative_to(root):
-        problems.append(
-            SpecProblem(
-                file=node_file,
-                node=node.id,
-                field="examples_file",
-                message=f"'{rel}' points outside the specs directory {specs_dir}",
-                hint="keep data files inside the specs directory so the specs are self-contained",
-            )
-        )
-        return (), None
-    if not target.exists():
-        problems.append(
-            SpecProblem(
-                file=node_file,
-                node=node.id,
-                field="examples_file",
-                message=f"data file '{rel}' does not exist (looked for {target})",
-                hint="paths are relative to the node file",
-            )
-        )
-        return (), None
-    try:
-        text = read_confined(target, specs_dir)
-    except OutsideSpecs as exc:
-        problems.append(
-            SpecProblem(
-                file=node_file,
-                node=node.id,
-                field="examples_file",
-                message=f"cannot read data file '{rel}' ({exc})",
-                hint='examples files are UTF-8 JSON Lines: one {"context": ..., "response": ...} per line',
-            )
-        )
-        return (), None
-    examples: list[Example] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):  # blank, or a comment (a dream header)
-            continue
-        try:
-            raw = json.loads(line, object_pairs_hook=_unique_json_object)
-        except RecursionError:
-            problems.append(
-                SpecProblem(file=target, node=node.id, field=f"line {lineno}", message="JSON nested too deeply to read")
-            )
-            continue
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
-            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-            problems.append(
-                SpecProblem(file=target, node=node.id, field=f"line {lineno}", message=f"invalid JSON: {msg}")
-            )
-            continue
-        if not isinstance(raw, dict):
-            problems.append(
-                SpecProblem(file=target, node=node.id, field=f"line {lineno}", message="expected a JSON object")
-            )
-            continue
-        try:
-            examples.append(Example.model_validate(raw))
-        except ValidationError as exc:
-            problems.extend(_validation_problems(exc, target, node.id, prefix=f"line {lineno}"))
-    if not examples and not any(p.file == target for p in problems):
-        problems.append(SpecProblem(file=target, node=node.id, message="data file holds no examples"))
-    return tuple(examples), target
+    source = ExampleSource(node.id, node_file, "examples_file", "paths are relative to the node file")
+    target = node_file.parent / rel
+    examples, text = read_examples_file(target, rel, source, specs_dir, problems)
+    return examples, (target.resolve() if text is not None else None)
 
 
 def _check_general_text(rel: str, personality_file: Path, specs_dir: Path, problems: list[SpecProblem]) -> None:
@@ -329,10 +246,12 @@ def _check_general_text(rel: str, personality_file: Path, specs_dir: Path, probl
 # --------------------------------------------------------------------------- loading
 
 
-def load_specs(specs_dir: str | Path) -> Spec:
+def load_specs(specs_dir: str | Path, dream_files: bool = True) -> Spec:
     """Load, validate and return the personality in ``specs_dir``.
 
-    Raises :class:`SpecError` listing every problem found.
+    Raises :class:`SpecError` listing every problem found. ``dream_files=False``
+    leaves every ``training.dream`` file unread (for ``traitgraph dream``, which
+    writes them: each node then has its own examples only).
 
     >>> spec = load_specs("specs")                         # doctest: +SKIP
     >>> spec.build_order()                                 # doctest: +SKIP
@@ -365,6 +284,8 @@ def load_specs(specs_dir: str | Path) -> Spec:
     _graph_problems(nodes, problems, unloaded={f.stem for f in node_files} - set(nodes))
     if personality is not None:
         _node_setting_problems(personality, personality_file, set(nodes) | {f.stem for f in node_files}, problems)
+        if dream_files:
+            _read_dream_files(personality, personality_file, nodes, specs_dir, problems)
     if personality is None or problems:
         raise SpecError(problems)
     return Spec(specs_dir=specs_dir, personality_file=personality_file, personality=personality, nodes=nodes)
@@ -439,12 +360,80 @@ def _load_node(
         return None
     examples = node.examples
     data_files: tuple[Path, ...] = ()
+    data_counts: tuple[int, ...] = ()
     if node.examples_file is not None:
         more, target = _load_examples_file(node, file, specs_dir, problems)
         examples = examples + more
-        data_files = (target,) if target is not None else ()
+        data_files, data_counts = ((target,), (len(more),)) if target is not None else ((), ())
     _content_problems(node, file, examples, problems)
-    return LoadedNode(spec=node, file=file, examples=examples, data_files=data_files)
+    return LoadedNode(spec=node, file=file, examples=examples, data_files=data_files, data_counts=data_counts)
+
+
+def _read_dream_files(
+    personality: Personality,
+    personality_file: Path,
+    nodes: dict[str, LoadedNode],
+    specs_dir: Path,
+    problems: list[SpecProblem],
+) -> None:
+    """Append each ``training.dream`` file's examples to its node (in ``nodes``), like an
+    examples file read after the node's own; problems name the file that sets the block."""
+    claimed: dict[Path, str] = {}
+    for node_id, node in sorted(nodes.items()):
+        overrides = node.spec.training
+        settings = overrides.apply(personality.training) if overrides is not None else personality.training
+        if settings.dream is not None:
+            nodes[node_id] = _with_dream_file(node, settings.dream, personality_file, specs_dir, claimed, problems)
+
+
+def _with_dream_file(
+    node: LoadedNode,
+    settings: DreamSettings,
+    personality_file: Path,
+    specs_dir: Path,
+    claimed: dict[Path, str],
+    problems: list[SpecProblem],
+) -> LoadedNode:
+    rel = dream_rel(settings, node.id)
+    spec_file = dream_spec_file(node, personality_file)
+    write_it = (
+        f"write it with `traitgraph dream {specs_dir} {node.id}`, review it, then build; or remove training.dream"
+    )
+    source = ExampleSource(node.id, spec_file, DREAM_FIELD, write_it)
+    target = specs_dir / rel
+    where = dict(file=spec_file, node=node.id, field=DREAM_FIELD)
+    if target.resolve() in claimed:
+        other = claimed[target.resolve()]
+        problems.append(
+            SpecProblem(
+                **where,
+                message=f"'{rel}' is also the dream file of node '{other}'",
+                hint="give each node its own file; `{node}` in `file` stands for the node's id",
+            )
+        )
+        return node
+    if target.resolve() in node.data_files:
+        problems.append(
+            SpecProblem(
+                **where,
+                message=f"'{rel}' is also this node's examples_file, so its examples would train twice",
+                hint="remove `examples_file` (training.dream reads the file) or point training.dream elsewhere",
+            )
+        )
+        return node
+    examples, text = read_examples_file(target, rel, source, specs_dir, problems)
+    if text is None:
+        return node
+    claimed[target.resolve()] = node.id
+    _held_out_problems(node.spec, node.file, examples, problems, also=f" (in the dream file {rel})")
+    return replace(
+        node,
+        examples=node.examples + examples,
+        data_files=(*node.data_files, target.resolve()),
+        data_counts=(*node.data_counts, len(examples)),
+        dream_file=target.resolve(),
+        dream_header=read_header(text),
+    )
 
 
 def _content_problems(node: NodeSpec, file: Path, examples, problems: list[SpecProblem]) -> None:
@@ -469,6 +458,11 @@ def _content_problems(node: NodeSpec, file: Path, examples, problems: list[SpecP
                 hint="add cases under `eval:` (with `rejected:` for contrastive scoring)",
             )
         )
+    _held_out_problems(node, file, examples, problems)
+
+
+def _held_out_problems(node: NodeSpec, file: Path, examples, problems: list[SpecProblem], also: str = "") -> None:
+    """No eval or ood case repeats one of ``examples``' contexts (``also`` says where they come from)."""
     trained = {tuple(map(str, ex.chat())) for ex in examples}
     for kind, cases in (("eval", node.eval), ("ood", node.ood)):
         for i, case in enumerate(cases):
@@ -478,7 +472,7 @@ def _content_problems(node: NodeSpec, file: Path, examples, problems: list[SpecP
                         file=file,
                         node=node.id,
                         field=f"{kind}[{i}]",
-                        message=f"this {kind} case repeats a training context, so it is not held out",
+                        message=f"this {kind} case repeats a training context{also}, so it is not held out",
                         hint=f"write a new context for the {kind} case",
                     )
                 )

@@ -2,7 +2,10 @@
 generated from the pydantic schema so the README cannot drift from the code.
 
 Defaults are written as YAML, the way a user writes them in a spec
-(``null``, ``[0.9, 0.999]``), never as Python values.
+(``null``, ``[0.9, 0.999]``), never as Python values. The keys of an optional
+block of ``personality.yaml`` (``training.monitor``, ``training.dream``: off
+while null) are listed under its row, with the defaults they take once it is
+set; a node's ``training`` overrides take the same keys.
 
 >>> yaml_value(None), yaml_value((0.9, 0.999)), yaml_value(3e-5), yaml_value("ties")
 ('null', '[0.9, 0.999]', '3.0e-05', 'ties')
@@ -15,7 +18,7 @@ Regenerate the README's section with ``python scripts/spec_reference.py --write`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel
@@ -42,26 +45,40 @@ def _nested_model(field) -> type[BaseModel] | None:
     return None
 
 
-def reference_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, meaning) for every field; nested settings (``training.optimizer``) after the plain keys."""
+def _optional_model(field) -> type[BaseModel] | None:
+    """The block of an optional settings field (``monitor: MonitorSettings | None``), else None."""
+    models = [a for a in get_args(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return models[0] if len(models) == 1 and type(None) in get_args(field.annotation) else None
+
+
+def reference_rows(
+    model: type[BaseModel], prefix: str = "", optional_blocks: bool = False
+) -> list[tuple[str, str, str]]:
+    """(key, default, meaning) for every field; nested settings (``training.optimizer``) after the plain keys.
+    With ``optional_blocks``, the keys of an optional block (``training.dream``, off while null) follow its row."""
     plain, nested = [], []
     for name, field in model.model_fields.items():
         key = prefix + (field.alias or name)
         inner = _nested_model(field)
         if inner is not None:
-            nested += reference_rows(inner, key + ".")
+            nested += reference_rows(inner, key + ".", optional_blocks)
             continue
         if field.is_required():
             default = "required"
         else:
             default = f"`{yaml_value(field.get_default(call_default_factory=True))}`"
         plain.append((f"`{key}`", default, (field.description or "").replace("|", "\\|")))
+        block = _optional_model(field) if optional_blocks else None
+        if block is not None:
+            plain += reference_rows(block, key + ".", optional_blocks)
     return plain + nested
 
 
-def reference_table(model: type[BaseModel], prefix: str = "") -> str:
+def reference_table(model: type[BaseModel], prefix: str = "", optional_blocks: bool = False) -> str:
     rows = ["| key | default | meaning |", "|---|---|---|"]
-    rows += [f"| {key} | {default} | {meaning} |" for key, default, meaning in reference_rows(model, prefix)]
+    rows += [
+        f"| {key} | {default} | {meaning} |" for key, default, meaning in reference_rows(model, prefix, optional_blocks)
+    ]
     return "\n".join(rows)
 
 
@@ -73,7 +90,7 @@ def spec_reference() -> str:
             "",
             "### `specs/personality.yaml`",
             "",
-            reference_table(Personality),
+            reference_table(Personality, optional_blocks=True),
             "",
             "### `specs/nodes/<id>.yaml`",
             "",

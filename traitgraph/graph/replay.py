@@ -76,30 +76,37 @@ def shipped_text(name: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _example_lines(data_file: Path) -> list[int]:
+    """Line numbers of a data file's example lines (neither blank nor ``#``)."""
+    try:
+        text = Path(data_file).read_text(encoding="utf-8")
+    except OSError:
+        return []
+    return [
+        n for n, line in enumerate(text.splitlines(), start=1) if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
 def example_locations(node) -> list[str]:
     """A readable location for each of a loaded node's examples, in order.
 
     Inline examples read ``nodes/x.yaml: node 'x', examples[3]``; those of an
-    ``examples_file`` read ``data/x.jsonl line 7: node 'x', examples[12]``.
+    ``examples_file`` (or of the ``training.dream`` file, after them) read
+    ``data/x.jsonl line 7: node 'x', examples[12]``.
     """
     node_id = node.spec.id
     n_inline = len(node.spec.examples)
     out = [f"{node.file}: node '{node_id}', examples[{i}]" for i in range(n_inline)]
-    lines: list[int] = []
-    data_file = node.data_files[0] if getattr(node, "data_files", ()) else None
-    if data_file is not None:
-        try:
-            text = Path(data_file).read_text(encoding="utf-8")
-            lines = [
-                n
-                for n, line in enumerate(text.splitlines(), start=1)
-                if line.strip() and not line.lstrip().startswith("#")
-            ]
-        except OSError:
-            lines = []
+    files = tuple(getattr(node, "data_files", ()))
+    counts = tuple(getattr(node, "data_counts", ())) or ((len(node.examples) - n_inline,) if files else ())
+    sources: list[tuple[Path | None, int]] = []  # (file, index in it) for each example after the inline ones
+    for data_file, count in zip(files, counts):
+        sources += [(data_file, j) for j in range(count)]
+    lines = {data_file: _example_lines(data_file) for data_file in files}
     for i in range(n_inline, len(node.examples)):
-        j = i - n_inline
-        src = f"{data_file} line {lines[j]}" if j < len(lines) else f"{data_file or node.file} record {j + 1}"
+        data_file, j = sources[i - n_inline] if i - n_inline < len(sources) else (None, i - n_inline)
+        found = lines.get(data_file, [])
+        src = f"{data_file} line {found[j]}" if j < len(found) else f"{data_file or node.file} record {j + 1}"
         out.append(f"{src}: node '{node_id}', examples[{i}]")
     return out
 

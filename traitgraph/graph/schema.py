@@ -260,6 +260,63 @@ class AnchorSettings(Strict):
         return self
 
 
+#: Where a node's dream file lives by default, relative to the specs dir; ``{node}`` is the node id.
+DREAM_FILE_DEFAULT = "data/{node}.dream.jsonl"
+
+
+class DreamSettings(Strict):
+    """``training.dream``: the node trains on a dream file too, written by ``traitgraph dream``
+    (see docs/dream.md). The file's examples are a training input like an ``examples_file``;
+    these settings only say how ``traitgraph dream`` writes it, so they are in no training hash."""
+
+    file: str = Field(
+        default=DREAM_FILE_DEFAULT,
+        min_length=1,
+        description="The dream file, relative to the specs dir, inside it; `{node}` is the node's id.",
+    )
+    n: int = Field(default=16, ge=1, le=10_000, description="Examples kept, the best scored first.")
+    shots: int = Field(default=4, ge=1, le=64, description="Node examples shown to the teacher as earlier turns.")
+    candidates: int = Field(
+        default=48, ge=1, le=10_000, description="Contexts from the graph walk the teacher answers."
+    )
+    new_contexts: int = Field(
+        default=16,
+        ge=0,
+        le=1000,
+        description="New contexts the teacher writes on shipped everyday topics (0: none).",
+    )
+    rephrase: int = Field(
+        default=8, ge=0, le=1000, description="Contexts the teacher rewrites in other words (0: none)."
+    )
+    max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Longest reply, in tokens.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of every choice (topics, joined contexts).")
+    generator: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The teacher, in the forms `base` takes (relative to the specs dir); null: the base.",
+    )
+    score: Literal["teacher", "vector"] = Field(
+        default="teacher",
+        description="`teacher`: how much the demonstrations wrote the reply; `vector`: how much the node's "
+        "own task vector raises it over the base.",
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _relative_file(cls, v: str) -> str:
+        if v.startswith("/") or v.startswith("~"):
+            raise ValueError("give a path relative to the specs dir, e.g. data/{node}.dream.jsonl")
+        return v
+
+    def record(self) -> dict:
+        """How the file is written, as its header records it (every setting but ``file``).
+
+        >>> sorted(DreamSettings().record())[:3]
+        ['candidates', 'generator', 'max_new_tokens']
+        """
+        return self.model_dump(mode="json", exclude={"file"})
+
+
 def _trainable_patterns(v: tuple[str, ...] | None) -> tuple[str, ...] | None:
     if v is not None:
         if not v:
@@ -272,6 +329,9 @@ def _trainable_patterns(v: tuple[str, ...] | None) -> tuple[str, ...] | None:
 #: Training fields added after the first release: left out of hashes and
 #: records while unset, so specs that do not use them keep their hashes.
 OPTIONAL_TRAINING_FIELDS = ("monitor", "trainable", "anchor")
+#: Training fields that never enter a hash or a record: ``dream`` says how a file is written,
+#: and the file's examples are what trains (they are hashed with the node's examples).
+UNHASHED_TRAINING_FIELDS = ("dream",)
 
 
 class TrainingSettings(Strict):
@@ -314,6 +374,10 @@ class TrainingSettings(Strict):
         "tensors train and appear in τ. null: every parameter.",
     )
     anchor: AnchorSettings | None = Field(default=None, description="Pull toward the start weights; null: off.")
+    dream: DreamSettings | None = Field(
+        default=None,
+        description="Train on a dream file too, written by `traitgraph dream` (docs/dream.md); null: off.",
+    )
 
     @field_validator("trainable")
     @classmethod
@@ -321,12 +385,15 @@ class TrainingSettings(Strict):
         return _trainable_patterns(v)
 
     def record(self) -> dict:
-        """The settings as JSON data, optional fields left out while unset (hashes and metadata use this).
+        """The settings as JSON data, optional fields left out while unset and ``dream`` always
+        (hashes and metadata use this).
 
         >>> "monitor" in TrainingSettings().record(), TrainingSettings().record()["steps"]
         (False, 8)
+        >>> "dream" in TrainingSettings(dream=DreamSettings()).record()
+        False
         """
-        data = self.model_dump(mode="json")
+        data = self.model_dump(mode="json", exclude=set(UNHASHED_TRAINING_FIELDS))
         for name in OPTIONAL_TRAINING_FIELDS:
             if data.get(name, "absent") is None:
                 del data[name]
@@ -366,6 +433,7 @@ class TrainingOverrides(Strict):
     monitor: MonitorSettings | None = None
     trainable: tuple[str, ...] | None = None
     anchor: AnchorSettings | None = None
+    dream: DreamSettings | None = None
 
     @field_validator("trainable")
     @classmethod
