@@ -3,8 +3,9 @@
 ``dream`` (see docs/dream.md) writes new training examples for a node by
 putting its behaviour into situations taken from the nodes it is ``related``
 to or ``conflicts`` with (edges in either direction). This module collects
-those situations; it never returns an eval case's context, of this node or
-of any other, so generated data cannot leak into what evaluation holds out.
+those situations; it never returns an eval or ood case's context, of this
+node or of any other, so generated data cannot leak into what evaluation
+holds out.
 
 >>> walk_contexts(spec, "listening").neighbours        # doctest: +SKIP
 ('mode-awareness', 'not-rushing')
@@ -33,7 +34,7 @@ class Walk:
     neighbour_contexts: tuple[str, ...]
     """User messages of the neighbours' training examples, deduplicated, in node-id order."""
     held_out: frozenset[str]
-    """Every eval case's user message in the personality: never used as a context."""
+    """Every eval and ood case's user message in the personality: never used as a context."""
 
 
 def user_message(example: Example) -> str:
@@ -54,7 +55,7 @@ def neighbours(spec: Spec, node_id: str) -> list[str]:
 
 def walk_contexts(spec: Spec, node_id: str) -> Walk:
     """The :class:`Walk` of ``node_id`` (see module doc)."""
-    held_out = frozenset(user_message(case) for n in spec.nodes.values() for case in n.spec.eval)
+    held_out = frozenset(user_message(case) for n in spec.nodes.values() for case in (*n.spec.eval, *n.spec.ood))
     own = spec.nodes[node_id].examples
     own_contexts = {user_message(ex) for ex in own}
     near = neighbours(spec, node_id)
