@@ -1,7 +1,7 @@
 """The one rule for every file a spec names: a regular file inside the specs directory.
 
-``personality.yaml``, each ``nodes/<id>.yaml``, each ``examples_file`` and
-``eval.general_text`` are read through :func:`read_confined`. After following
+``personality.yaml``, each ``nodes/<id>.yaml``, each ``examples_file``, each
+``training.dream`` file and ``eval.general_text`` are read through :func:`read_confined`. After following
 every symlink (a symlinked ``nodes/`` directory included) the file must lie
 inside the specs directory, be a regular file (never a FIFO, which would hang
 the reader, nor a device such as ``/dev/zero``, which never ends) and be at
