@@ -28,6 +28,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from traitgraph.graph.schema import DreamSettings
+
 #: Flags that override a ``training.dream`` setting, by field name.
 SETTING_FLAGS = {
     "n": "-n",
@@ -43,6 +45,7 @@ SETTING_FLAGS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every setting flag defaults to the node's ``training.dream`` value, else to the default shown."""
     parser.add_argument("specs_dir", nargs="?", default="specs", help="specs directory (default: specs)")
     parser.add_argument(
         "node", nargs="?", default=None, help="node to dream for (default: every node with training.dream)"
@@ -68,7 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="teacher: the demonstrations' effect (default); vector: the node's own task vector's",
     )
-    parser.add_argument("-o", "--out", default=None, help="output file (default SPECS_DIR/data/NODE.dream.jsonl)")
+    parser.add_argument(
+        "-o",
+        "--out",
+        default=None,
+        help="output file (default: training.dream's file, else SPECS_DIR/data/NODE.dream.jsonl)",
+    )
     parser.add_argument("--force", action="store_true", help="write over a dream file written before")
 
 
@@ -77,7 +85,8 @@ class Job:
     """One node to dream for: its settings, where the file goes, and whether the spec asks for it."""
 
     node_id: str
-    settings: object  # a DreamSettings
+    settings: DreamSettings
+    """The spec's ``training.dream`` (or the defaults), with the flags given."""
     out: Path
     in_spec: bool
     """The node sets ``training.dream`` and ``out`` is its file (a build input)."""
@@ -100,12 +109,15 @@ def _given(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None}
 
 
-def effective_settings(spec_settings, given: dict):
-    """The spec's ``training.dream`` (or the defaults) with the flags given; a bad value names its flag."""
+def effective_settings(spec_settings: DreamSettings | None, given: dict) -> DreamSettings:
+    """The spec's ``training.dream`` (or the defaults) with the flags given; a bad value names its flag.
+
+    >>> effective_settings(DreamSettings(n=4, seed=2), {"n": 8}).model_dump(include={"n", "seed"})
+    {'n': 8, 'seed': 2}
+    """
     from pydantic import ValidationError
 
     from traitgraph.errors import UserError, validation_message
-    from traitgraph.graph.schema import DreamSettings
 
     start = spec_settings if spec_settings is not None else DreamSettings()
     try:

@@ -56,7 +56,7 @@ class LoadedNode:
     """How many examples each of ``data_files`` gave."""
     dream_file: Path | None = None
     """The ``training.dream`` file read (resolved), when the node sets it."""
-    dream_header: dict | None = None
+    dream_header: dict | None = field(default=None, hash=False)
     """That file's header (how it was written); ``None`` when it has none."""
 
     @property
