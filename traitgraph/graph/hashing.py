@@ -6,8 +6,9 @@ everything that can change its trained task vector, and nothing else:
 ===================  =====================================================
 ``trainer``          :data:`traitgraph.versions.TRAINER_VERSION`
 ``node.id``          the node id
-``node.examples``    every training example after validation (inline and
-                     from ``examples_file``, parsed, in order)
+``node.examples``    every training example after validation (inline, from
+                     ``examples_file``, then from the ``training.dream``
+                     file, parsed, in order)
 ``training``         the effective training settings (defaults merged with
                      the node's overrides), every field with its value;
                      ``device`` and ``vector_dtype`` resolved, a cpu device
@@ -24,7 +25,8 @@ A training field added after a release (``monitor``, and the others in
 use it keep their hashes (and their cached vectors).
 
 Not in it (so editing them never retrains): ``description``, ``weight``,
-``eval`` cases, ``related``/``conflicts`` edges, merge and eval settings,
+``eval`` cases, ``related``/``conflicts`` edges, ``training.dream``'s settings
+(only its file's examples train), merge and eval settings,
 YAML formatting, comments and key order. The hash is computed from the
 validated pydantic models, never from file bytes.
 """
