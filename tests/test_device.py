@@ -46,7 +46,7 @@ def test_cpu_payload_is_the_pre_device_payload(tiny_specs, tmp_path):
 
     h, payload = _hash(tiny_specs, tmp_path, "default")
     before = TrainingSettings(learning_rate=1e-3, steps=8, batch_size=4, seed=0).model_dump(mode="json")
-    for absent in ("device", "monitor", "trainable", "anchor"):  # unset optional blocks are left out
+    for absent in ("device", "monitor", "trainable", "anchor", "dream"):  # unset optional blocks are left out
         del before[absent]
     before["vector_dtype"] = "float32"
     assert payload["training"] == before

@@ -6,17 +6,18 @@
 Reads ``OUT/checkpoint`` (from ``traitgraph build``) and each node's task
 vector from the cache, distils the checkpoint toward ``base + w·τ`` of each
 node on that node's training contexts and toward the base on replay-corpus
-text (never the retention set), and writes ``OUT/consolidated/`` (a Hugging
-Face directory, float32, tokenizer included). Printed: the KL to each node
-alone and to the base, before and after. See docs/training.md.
+text (never the retention set), exactly as the link's ``merge.consolidate``
+step does, and installs the result as ``OUT/consolidated/``: a copy of the
+checkpoint (config, tokenizer, weights in their dtypes) with the distilled
+weights and ``consolidation.json``, checked for non-finite values and swapped
+in atomically like a checkpoint. Printed: the KL to each node alone and to the
+base, before and after. See docs/training.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 
@@ -30,69 +31,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--general-lines", type=int, default=64, help="replay-corpus lines used (default 64)")
 
 
-def _save_dir(model, tokenizer, final: Path) -> None:
-    """``save_pretrained`` into a temp directory beside ``final``, then swap it into place."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from traitgraph.builder.consolidation import general_rows, node_sources
-    from traitgraph.builder.plan import BuildPlan
-    from traitgraph.builder.tasks import train_threads
-    from traitgraph.compiler.base_model import load_model, resolve_base
-    from traitgraph.compiler.consolidate import (
-        ConsolidateSettings,
-        Teacher,
-        consolidate,
-        mean_kl,
-    )
-    from traitgraph.compiler.data import pad_id
+def _settings(args: argparse.Namespace):
+    """The command line as ``merge.consolidate`` settings (a bad value is a UserError naming the flag)."""
     from traitgraph.errors import UserError
+    from traitgraph.graph.schema import ConsolidateSpec
 
     if args.steps < 1 or args.batch_size < 1 or args.lr <= 0 or args.general_weight < 0 or args.general_lines < 1:
         raise UserError(
             "consolidate: --steps, --batch-size and --general-lines must be at least 1, --lr above 0, "
             "--general-weight at least 0"
         )
+    return ConsolidateSpec(
+        steps=args.steps,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        general_weight=args.general_weight,
+        general_lines=args.general_lines,
+    )
+
+
+def _stage_copy(checkpoint: Path, staging: Path) -> None:
+    """The built checkpoint's files (not its ownership marker) copied into ``staging``."""
+    from traitgraph.linker.install import MARKER
+
+    for path in sorted(checkpoint.iterdir()):
+        if path.is_file() and path.name != MARKER:
+            shutil.copy2(path, staging / path.name)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Distil a copy of ``OUT/checkpoint`` as the link's ``merge.consolidate`` step does, and
+    install it as ``OUT/consolidated`` by the checkpoint's rules (finite check, atomic swap)."""
+    from traitgraph.builder.consolidation import consolidate_staged
+    from traitgraph.builder.plan import BuildPlan
+    from traitgraph.builder.tasks import train_threads
+    from traitgraph.errors import UserError
+    from traitgraph.linker.install import install, open_staging
+
+    settings = _settings(args)
     plan = BuildPlan.load(args.specs_dir, args.out)
     if not (plan.out.checkpoint / "config.json").is_file():
         raise UserError(f"no built checkpoint in {plan.out.checkpoint}; run `traitgraph build` first")
-    torch.set_num_threads(train_threads())
-    base = resolve_base(plan.spec.personality.base, plan.spec.specs_dir)
-    student, tokenizer = load_model(resolve_base(str(plan.out.checkpoint.resolve())), dtype=torch.float32)
-    teacher = Teacher(load_model(base, dtype=torch.float32)[0])
-    pad = pad_id(tokenizer)
-    sources = node_sources(plan, tokenizer)
-    general = general_rows(tokenizer, args.general_lines)
-
-    def kls() -> list[float]:
-        return [mean_kl(student, teacher, s, s.examples, pad) for s in sources] + [
-            mean_kl(student, teacher, None, general, pad)
-        ]
-
-    before = kls()
-    settings = ConsolidateSettings(
-        steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size, general_weight=args.general_weight
-    )
-    consolidate(student, teacher, sources, general, pad, settings)
-    after = kls()
-    out = plan.out.root / "consolidated"
-    _save_dir(student, tokenizer, out)
-    for name, b, a in zip([*(s.node_id for s in sources), "(base, general text)"], before, after):
-        print(f"KL to {name:<24} {b:.4f} -> {a:.4f}")
-    print(f"consolidated checkpoint: {out}")
+    final = plan.out.root / "consolidated"
+    staging = open_staging(final)
+    try:
+        _stage_copy(plan.out.checkpoint, staging)
+        result = consolidate_staged(plan, settings, staging, train_threads())
+        install(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for name, before in result["kl_before"].items():
+        print(f"KL to {name:<24} {before:.4f} -> {result['kl_after'][name]:.4f}")
+    print(f"consolidated checkpoint: {final}")
     return 0
