@@ -136,9 +136,9 @@ def link_action(plan: BuildPlan) -> None:
         nodes.append(LockNode(id=node_id, training_hash=h, vector_sha256=record.sha256, weight=weight, device=device))
     base = resolve_base(spec.personality.base, spec.specs_dir)
     t0 = time.perf_counter()
-    from traitgraph.builder.consolidation import consolidation_step
+    from traitgraph.builder.consolidation import consolidate_threads, consolidation_step
 
-    refine = consolidation_step(plan, train_threads())
+    refine = consolidation_step(plan, consolidate_threads())
     outputs = link_checkpoint(
         base.path, inputs, spec.personality.merge, plan.out.checkpoint, progress=True, refine=refine
     )

@@ -62,9 +62,8 @@ def _stage_copy(checkpoint: Path, staging: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     """Distil a copy of ``OUT/checkpoint`` as the link's ``merge.consolidate`` step does, and
     install it as ``OUT/consolidated`` by the checkpoint's rules (finite check, atomic swap)."""
-    from traitgraph.builder.consolidation import consolidate_staged
+    from traitgraph.builder.consolidation import consolidate_staged, consolidate_threads
     from traitgraph.builder.plan import BuildPlan
-    from traitgraph.builder.tasks import train_threads
     from traitgraph.errors import UserError
     from traitgraph.linker.install import install, open_staging
 
@@ -76,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     staging = open_staging(final)
     try:
         _stage_copy(plan.out.checkpoint, staging)
-        result = consolidate_staged(plan, settings, staging, train_threads())
+        result = consolidate_staged(plan, settings, staging, consolidate_threads())
         install(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
