@@ -201,7 +201,9 @@ def measure_interference(
     vectors: dict[str, tuple[Path, float]], shas: dict[str, str], density: float, memo: ScoreMemo, notes: list[str]
 ) -> Interference | None:
     """Pairwise cosine, trim overlap and sign conflict of the weighted vectors (the linker's measure),
-    remembered by the vectors' sha256, weights and density. A failure is a note, not a failed evaluation."""
+    remembered by the vectors' sha256, the signs of their weights and the density (the three measures
+    do not change with a weight's size, so a sweep over weights measures them once). A failure is a
+    note, not a failed evaluation."""
     from traitgraph.linker.interference import interference
 
     if len(vectors) < 2:
@@ -213,7 +215,7 @@ def measure_interference(
         )
         return [Interference.from_result(result).model_dump(mode="json")]
 
-    recipe = [[n, shas[n], w] for n, (_, w) in vectors.items()] + [density]
+    recipe = [[n, shas[n], 1 if w >= 0 else -1] for n, (_, w) in vectors.items()] + [density]
     try:
         (value,) = memo.lookup("interference", [recipe], compute)
     except UserError as exc:
