@@ -23,6 +23,15 @@ over the run is printed beside the final loss as the steadier comparison.
 
 Targets (arXiv:2412.05270 claims, on our scale): APOLLO-Mini's state on the
 matrices at most 1/50 of AdamW's; final loss within 10% of AdamW's.
+
+``--node NODE [--specs DIR]`` measures instead at the spec's own budget: the
+node is trained by traitgraph's trainer under its effective settings (replay,
+anchor, trainable layers, steps, context-frozen loss) with only the optimizer
+and its learning rate changed, and each optimizer is judged by what a user
+keeps: the held-out loss of the node's eval responses under base + τ, how far
+it fell from the base's (the *drop*, compared as a ratio to AdamW's drop),
+and the directed margin gain on the eval cases. Vectors are cached by training
+hash, so a rerun trains nothing.
 """
 
 from __future__ import annotations
@@ -134,6 +143,68 @@ def run(
     }
 
 
+def node_run(spec, node_id: str, base, model, tokenizer, settings: OptimizerSettings, lr: float) -> dict:
+    """Train ``node_id`` at its spec's budget with ``settings`` at ``lr``; its held-out loss and gain."""
+    from bench_training_recipe import recipe_spec, trained_vector
+
+    from traitgraph.builder.cache import VectorCache
+    from traitgraph.compiler.train import eval_loss
+    from traitgraph.evaluate.scores import score_cases, vectors_applied
+
+    patch = {"optimizer": settings.model_dump(mode="json", exclude_none=True), "learning_rate": lr}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a build trains: bit-identical at one thread
+    path, seconds = trained_vector(recipe_spec(spec, node_id, patch), node_id, base, VectorCache())
+    torch.set_num_threads(threads)
+    node = spec.nodes[node_id]
+    with vectors_applied(model, [(path, node.spec.weight)]):
+        held_out = eval_loss(model, tokenizer, node.spec.eval)
+        margin = statistics.fmean(s.margin for s in score_cases(model, tokenizer, node.spec.eval))
+    eff = effective_settings(settings)
+    return {
+        "name": settings.name,
+        "config": f"lr={lr:g}"
+        if settings.name == "adamw"
+        else f"r={eff.rank} {eff.scale_type[0]} s={eff.scale:g} lr={lr:g}",
+        "held_out": held_out,
+        "margin": margin,
+        "train_s": seconds,
+    }
+
+
+def node_protocol(args, runs: list[tuple[OptimizerSettings, float]]) -> None:
+    """``--node``: each optimizer at the spec's budget (see module doc), against AdamW."""
+    from traitgraph.compiler.base_model import load_model, resolve_base
+    from traitgraph.compiler.train import eval_loss
+    from traitgraph.evaluate.scores import score_cases
+    from traitgraph.graph import load_specs
+
+    spec = load_specs(args.specs)
+    base = resolve_base(spec.personality.base, spec.specs_dir)
+    model, tokenizer = load_model(base)
+    cases = spec.nodes[args.node].spec.eval
+    base_loss = eval_loss(model, tokenizer, cases)
+    base_margin = statistics.fmean(s.margin for s in score_cases(model, tokenizer, cases))
+    sign = 1.0 if spec.nodes[args.node].spec.weight >= 0 else -1.0
+    settings = spec.training_settings(args.node)
+    print(
+        f"node {args.node}: {settings.steps} steps, batch {settings.batch_size}, replay {settings.replay.fraction:g}; "
+        f"held-out loss of its {len(cases)} eval responses under the base {base_loss:.4f}"
+    )
+    results = [node_run(spec, args.node, base, model, tokenizer, s, lr) for s, lr in runs]
+    ref = next(r for r in results if r["name"] == "adamw")
+    print(
+        "\n| optimizer | settings | held-out loss | vs AdamW | loss drop | drop vs AdamW | directed gain | train s |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|"
+    )
+    for r in results:
+        drop, ref_drop = base_loss - r["held_out"], base_loss - ref["held_out"]
+        print(
+            f"| {r['name']} | {r['config']} | {r['held_out']:.4f} | {r['held_out'] / ref['held_out']:.3f} | "
+            f"{drop:.4f} | {drop / ref_drop:.2f} | {sign * (r['margin'] - base_margin):+.2f} | {r['train_s']:.0f} |"
+        )
+
+
 def mib(n: int) -> str:
     return f"{n / 2**20:.2f}"
 
@@ -208,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
         help="APOLLO-Mini gradient scales to sweep (the preset is 128)",
     )
     parser.add_argument("--base", default=None, metavar="DIR", help="a local Hugging Face directory to run on")
+    parser.add_argument("--node", default=None, help="measure at this node's own budget instead (see above)")
+    parser.add_argument("--specs", default="specs", help="the specs of --node (default specs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = ["adamw"] + [n for n in args.optimizers.split(",") if n and n != "adamw"]
@@ -220,6 +293,9 @@ def main(argv: list[str] | None = None) -> None:
 
     runs = [(OptimizerSettings(name=n), lrs[n]) for n in names]
     runs += mini_grid(args.sweep_mini_lr, args.sweep_mini_scale, args.lr, parser)
+    if args.node is not None:
+        node_protocol(args, runs)
+        return
 
     t0 = time.perf_counter()
     load_before = os.getloadavg()[0]
