@@ -207,8 +207,15 @@ def recipe_rows(bench: Bench, recipes: dict, nodes: list[str], seeds: list[int])
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """A markdown table: (header, key, format) per column."""
     head = "| " + " | ".join(h for h, _, _ in columns) + " |\n|" + "|".join("---" for _ in columns) + "|\n"
-    body = "".join("| " + " | ".join(format(r[k], f) if f else str(r[k]) for _, k, f in columns) + " |\n" for r in rows)
+    body = "".join("| " + " | ".join(cell(r[k], f) for _, k, f in columns) + " |\n" for r in rows)
     return head + body
+
+
+def cell(value, spec: str) -> str:
+    """One table cell: ``value`` formatted by ``spec``, a dash for a missing (NaN) number."""
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    return format(value, spec) if spec else str(value)
 
 
 RECIPE_COLUMNS = [
@@ -327,22 +334,35 @@ def prediction_3(bench: Bench, nodes: list[str], seeds: list[int]) -> dict:
 
 def summary_3(rows: list[dict]) -> dict:
     base = next(r for r in rows if r["node"] == "(base)")
+    trained = sorted((r for r in rows if r is not base), key=lambda r: (r["node"], r["context"], r["seed"]))
     columns = [
         ("node", "node", ""),
         ("context", "context", ""),
+        ("seed", "seed", ""),
         ("directed gain eval", "gain_eval", "+.1f"),
         ("probe answers found", "found", "d"),
         ("of", "of", "d"),
         ("answer loss", "answer_loss", ".3f"),
     ]
-    frozen = [r for r in rows if r["context"] == "frozen"]
-    full = [r for r in rows if r["context"] == "full"]
-    diff = statistics.fmean(r["found"] for r in frozen) - statistics.fmean(r["found"] for r in full)
+    verdicts = []
+    for node_id in dict.fromkeys(r["node"] for r in trained):
+        found = {
+            c: [r["found"] for r in trained if r["node"] == node_id and r["context"] == c] for c in ("frozen", "full")
+        }
+        if found["frozen"] and found["full"]:
+            diff = statistics.fmean(found["frozen"]) - statistics.fmean(found["full"])
+            verdicts.append(
+                f"{node_id}: frozen finds {diff:+.1f} answers against full ({plural(len(found['frozen']), 'seed')})"
+            )
     return {
-        "rows": rows,
-        "table": table(rows, columns),
-        "verdict": f"frozen finds {diff:+.1f} answers against full (base {base['found']}/{base['of']})",
+        "rows": [base, *trained],
+        "table": table([base, *trained], columns),
+        "verdict": "; ".join(verdicts) + f" (base {base['found']}/{base['of']})",
     }
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def dream_specs(specs: Path, where: Path) -> Path:

@@ -23,12 +23,12 @@ def test_context_probe_prediction_trains_frozen_and_full_and_combines(tiny_specs
     predictions.main([str(tiny_specs()), "--only", "3", "--nodes", "pirate", "--json", str(record)])
     printed = capsys.readouterr().out
     rows = _rows(printed[printed.index("## Prediction 3") :])
-    assert [r[:2] for r in rows[1:]] == [["(base)", "-"], ["pirate", "frozen"], ["pirate", "full"]]
-    assert all(r[4] == "30" for r in rows[1:])  # the 30 shipped probe questions
-    assert all(0 <= int(r[3]) <= 30 for r in rows[1:])
+    assert [r[:3] for r in rows[1:]] == [["(base)", "-", "-"], ["pirate", "frozen", "0"], ["pirate", "full", "0"]]
+    assert all(r[5] == "30" for r in rows[1:])  # the 30 shipped probe questions
+    assert all(0 <= int(r[4]) <= 30 for r in rows[1:])
     frozen, full = rows[2], rows[3]
-    assert frozen[2] != full[2]  # two trainings, two vectors: their gains differ
-    assert "frozen finds" in printed
+    assert frozen[3] != full[3]  # two trainings, two vectors: their gains differ
+    assert "pirate: frozen finds" in printed and "(1 seed)" in printed
 
     (result,) = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines()]
     assert len(result["results"]["3"]["rows"]) == 3

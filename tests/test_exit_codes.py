@@ -115,6 +115,8 @@ def test_eval(project):
     assert nothing_built.returncode == 2 and user_facing(nothing_built) and "build first" in nothing_built.stderr
     gate = traitgraph("eval", project["strict"], "-o", fresh_copy(project, "out-eval-gate"))
     assert gate.returncode == 2 and user_facing(gate) and "evaluation failed" in gate.stderr
+    # A node too weak for its floor: the hint says how to strengthen it, not how to weaken the merge.
+    assert "raise the node's weight" in gate.stderr and "lower a node's weight" not in gate.stderr
 
 
 def test_link(project):

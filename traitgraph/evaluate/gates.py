@@ -54,12 +54,32 @@ def check_gates(settings: EvalSettings, nodes: list[NodeResult], retention: Rete
     return gates
 
 
+FORGETTING_HINT = (
+    "lower a node's weight or the merge's lambda or density, add replay, or change the budget in "
+    "personality.yaml `eval:`"
+)
+WEAKNESS_HINT = (
+    "raise the node's weight or the merge's lambda, train it longer (steps, learning_rate), or lower "
+    "`eval.min_behaviour_gain`"
+)
+TESTS_HINT = (
+    "read the failing replies in the report; strengthen the nodes as for a weak gain, or lower "
+    "`eval.min_test_pass_rate` / `node_test_pass_rate`"
+)
+
+
+def failure_hints(failed: list[Gate]) -> list[str]:
+    """What to try, for the kinds of gate that failed (forgetting, a weak node, behaviour tests)."""
+    kinds = {g.name.split(":")[0] for g in failed}
+    hints = [FORGETTING_HINT] if kinds & {"retention", "prompts"} else []
+    hints += [WEAKNESS_HINT] if "node" in kinds else []
+    hints += [TESTS_HINT] if "tests" in kinds else []
+    return hints
+
+
 def gate_failure_message(report: EvalReport, out_root: Path) -> str:
     failed = report.failures()
     lines = [f"evaluation failed {len(failed)} of {len(report.gates)} gates (report: {out_root / REPORT_MD}):"]
     lines += [f"  - {g.message}" for g in failed]
-    lines.append(
-        "    hint: lower a node's weight or the merge density, add replay, or change the budget in "
-        "personality.yaml `eval:`"
-    )
+    lines += [f"    hint: {hint}" for hint in failure_hints(failed)]
     return "\n".join(lines)
