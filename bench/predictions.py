@@ -190,18 +190,27 @@ def over_seeds(rows: list[dict]) -> dict:
 
 
 def recipe_rows(bench: Bench, recipes: dict, nodes: list[str], seeds: list[int]) -> list[dict]:
-    rows = []
-    for node_id in nodes:
-        for name, patch in recipes.items():
-            if bench.only_recipes and name not in bench.only_recipes:
-                continue
-            runs = []
-            for seed in seeds:
-                path = bench.vector(node_id, patch, seed)
-                runs.append(effect(bench, node_id, bench.score(bench.spec.nodes[node_id], path)))
-            rows.append({"node": node_id, "recipe": name, **over_seeds(runs)})
-            print(json.dumps(rows[-1]), flush=True)
-    return rows
+    return [
+        seed_row(bench, node_id, name, seeds, patch=patch)
+        for node_id in nodes
+        for name, patch in recipes.items()
+        if not bench.only_recipes or name in bench.only_recipes
+    ]
+
+
+def seed_row(
+    bench: Bench, node_id: str, name: str, seeds: list[int], patch: dict | None = None, spec=None, light=False
+) -> dict:
+    """One table row: ``node_id`` trained under ``patch`` (of ``spec``'s settings) once per seed,
+    its :func:`effect` averaged over the seeds; printed as a JSON line as soon as it is known."""
+    node = bench.spec.nodes[node_id]
+    runs = [
+        effect(bench, node_id, bench.score(node, bench.vector(node_id, patch or {}, seed, spec=spec), light=light))
+        for seed in seeds
+    ]
+    row = {"node": node_id, "recipe": name, **over_seeds(runs)}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -384,16 +393,11 @@ def prediction_4(bench: Bench, nodes: list[str], seeds: list[int], specs: Path) 
     from traitgraph.graph import load_specs
 
     dreamed = load_specs(dream_specs(specs, Path("bench/results/dream-specs")))
-    rows = []
-    for node_id in nodes:
-        node = bench.spec.nodes[node_id]
-        for name, spec in (("real only", bench.spec), ("real + dream", dreamed)):
-            runs = []
-            for seed in seeds:
-                path = bench.vector(node_id, {}, seed, spec=spec)
-                runs.append(effect(bench, node_id, bench.score(node, path, light=True)))
-            rows.append({"node": node_id, "recipe": name, **over_seeds(runs)})
-            print(json.dumps(rows[-1]), flush=True)
+    rows = [
+        seed_row(bench, node_id, name, seeds, spec=spec, light=True)
+        for node_id in nodes
+        for name, spec in (("real only", bench.spec), ("real + dream", dreamed))
+    ]
     return summary_4(rows)
 
 
