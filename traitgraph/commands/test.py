@@ -16,7 +16,6 @@ error (nothing built yet, bad specs, no test selected).
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -86,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     from traitgraph.evaluate.behaviour_tests import check_tests, reply_all
     from traitgraph.evaluate.run import ModelScorer
     from traitgraph.evaluate.scores import generate
+    from traitgraph.evaluate.threads import eval_threads
 
-    torch.set_num_threads(int(os.environ.get("TRAITGRAPH_EVAL_THREADS") or os.cpu_count() or 1))
+    torch.set_num_threads(eval_threads())
     start = time.perf_counter()
     model, tokenizer = load_model(ref)
     print(f"{len(tests)} behaviour tests on {ref.path}{' (base)' if args.base else ''}", flush=True)
