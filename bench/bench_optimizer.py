@@ -150,12 +150,11 @@ def node_run(spec, node_id: str, base, model, tokenizer, settings: OptimizerSett
     from traitgraph.builder.cache import VectorCache
     from traitgraph.compiler.train import eval_loss
     from traitgraph.evaluate.scores import score_cases, vectors_applied
+    from traitgraph.evaluate.threads import torch_threads
 
     patch = {"optimizer": settings.model_dump(mode="json", exclude_none=True), "learning_rate": lr}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as a build trains: bit-identical at one thread
-    path, seconds = trained_vector(recipe_spec(spec, node_id, patch), node_id, base, VectorCache())
-    torch.set_num_threads(threads)
+    with torch_threads(1):  # as a build trains: bit-identical at one thread
+        path, seconds = trained_vector(recipe_spec(spec, node_id, patch), node_id, base, VectorCache())
     node = spec.nodes[node_id]
     with vectors_applied(model, [(path, node.spec.weight)]):
         held_out = eval_loss(model, tokenizer, node.spec.eval)

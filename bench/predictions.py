@@ -94,7 +94,6 @@ class Bench:
     tokenizer: object
     lines: list
     prompts: list
-    threads: int
     cache: object
     before: dict = dataclasses.field(default_factory=dict)
     only_recipes: tuple[str, ...] = ()
@@ -108,10 +107,11 @@ class Bench:
         return self.before.get(node_id) or self.before[(node_id, "light")]
 
     def vector(self, node_id: str, patch: dict, seed: int, spec=None) -> Path:
-        torch.set_num_threads(1)  # training is bit-identical at one thread, as in a build
+        from traitgraph.evaluate.threads import torch_threads
+
         settings = {**patch, "seed": seed}
-        path, _ = trained_vector(recipe_spec(spec or self.spec, node_id, settings), node_id, self.base, self.cache)
-        torch.set_num_threads(self.threads)
+        with torch_threads(1):  # training is bit-identical at one thread, as in a build
+            path, _ = trained_vector(recipe_spec(spec or self.spec, node_id, settings), node_id, self.base, self.cache)
         return path
 
     def score(self, node, path: Path | None, light: bool = False) -> dict:
@@ -153,7 +153,7 @@ def load_bench(specs: str, threads: int) -> Bench:
     spec = load_specs(specs)
     base = resolve_base(spec.personality.base, spec.specs_dir)
     model, tokenizer = load_model(base)
-    return Bench(spec, base, model, tokenizer, load_general_text(None), general_prompts(), threads, VectorCache())
+    return Bench(spec, base, model, tokenizer, load_general_text(None), general_prompts(), VectorCache())
 
 
 # --------------------------------------------------------------------------- figures of one trained node
