@@ -14,8 +14,10 @@ each as a ratio to the full build and checks the targets:
 * no-op check under 1 s (beyond interpreter start) for 100 nodes
 
 With ``--example`` every step is the README's main command (`traitgraph build -n 2`:
-train, link and evaluate) and the example's own targets are checked too: a full
-build from an empty cache within 15 minutes, a one-node edit within 4.
+train, link and evaluate), the edited node is the first (boundaries), and the
+example's own targets are checked instead of the one-node share above (which
+leaves the evaluation out): a full build from an empty cache within 15 minutes,
+a one-node edit within 4.
 """
 
 from __future__ import annotations
@@ -159,10 +161,11 @@ def main() -> None:
     for name, seconds in rows:
         print(f"{name:<32} {seconds:>9.2f} {seconds / full:>8.3f}")
     print(f"\nprocess start (interpreter, torch and transformers imports): {start:.2f} s; link alone: {link:.2f} s")
-    print(
-        f"one-node rebuild {work_one:.2f} s of work vs target 1.2 × (full/N + link) = {target:.2f} s"
-        f" (both less process start): {'met' if work_one <= target else 'MISSED'}"
-    )
+    if not args.example:  # the example's builds evaluate too, which this share does not count
+        print(
+            f"one-node rebuild {work_one:.2f} s of work vs target 1.2 × (full/N + link) = {target:.2f} s"
+            f" (both less process start): {'met' if work_one <= target else 'MISSED'}"
+        )
     print(f"no-op check {check:.3f} s vs target < 1 s: {'met' if check < 1.0 else 'MISSED'}")
     if args.example:
         for name, seconds, limit in (("full build", full, 15 * 60), ("one-node edit", one_node, 4 * 60)):
