@@ -75,6 +75,33 @@ def test_consolidation_moves_the_linked_model_toward_each_node_alone(two_nodes):
     assert after_general < max(2 * before_general, 0.05), (before_general, after_general)
 
 
+def test_consolidation_changes_only_what_the_vectors_wrote(two_nodes, tmp_path):
+    """A tensor no node's τ changes (here: everything but the MLPs) keeps its value bit for bit."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    nodes, base = two_nodes
+    (target, tau) = nodes["pirate"]
+    mlp_only = tmp_path / "pirate-mlp.safetensors"
+    save_file({n: t for n, t in load_file(str(tau)).items() if ".mlp." in n}, str(mlp_only))
+    student, tok = load_model(base)
+    apply_task_vectors(student, [mlp_only], alpha=0.5)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    source = Source("pirate", mlp_only, encode_examples(tok, target.examples, max_length=256))
+    general = [e for e in (encode_text(tok, line, max_length=64) for line in shipped_text("replay_text.txt")[:8]) if e]
+    consolidate(
+        student,
+        Teacher(load_model(base)[0]),
+        [source],
+        general,
+        pad_id(tok),
+        ConsolidateSettings(steps=4, learning_rate=1e-3, batch_size=4),
+    )
+    after = dict(student.named_parameters())
+    moved = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert moved and all(".mlp." in n for n in moved), sorted(moved)
+
+
 def test_teacher_switches_exactly(two_nodes):
     nodes, base = two_nodes
     model = load_model(base)[0]

@@ -3,7 +3,8 @@
 Linking adds the nodes' task vectors into one checkpoint, and the merge
 loses part of each behaviour. A few steps of distillation win some back::
 
-    student   the linked checkpoint (every parameter trains)
+    student   the linked checkpoint; only the tensors some node's τ changed
+              train (what linking wrote), every other one keeps the base's value
     node i    on node i's own contexts, KL(p_{base+w_i·τ_i} ‖ p_student) on the
               response tokens: the node *alone*, at its link weight, is the teacher
     general   on general text, KL(p_base ‖ p_student): the base is the teacher,
@@ -92,6 +93,15 @@ def distillation_kl(student, teacher: Teacher, source: Source | None, batch: Bat
     return kl_to_reference(response_logits(student, batch, "frozen"), target, batch.response_mask)
 
 
+def written_tensors(sources: Sequence[Source]) -> set[str]:
+    """Names of the tensors at least one source's task vector changes: what linking wrote."""
+    names: set[str] = set()
+    for source in sources:
+        with open_task_vector(source.tau) as tv:
+            names.update(tv.keys())
+    return names
+
+
 def consolidate(
     student,
     teacher: Teacher,
@@ -111,7 +121,10 @@ def consolidate(
         raise BuildError("consolidate: no node to distil from, or no general text")
     samplers = [EpochSampler(len(s.examples), settings.seed + i) for i, s in enumerate(sources)]
     general_sampler = EpochSampler(len(general), settings.seed + len(sources))
-    named = list(student.named_parameters())
+    written = written_tensors(sources)
+    named = [(n, p) for n, p in student.named_parameters() if n in written]
+    for name, p in student.named_parameters():
+        p.requires_grad_(name in written)
     opt = build_optimizer(named, OptimizerSettings(name="adamw"), lr=settings.learning_rate, seed=settings.seed)
     student.train()
     curve: list[float] = []
