@@ -65,6 +65,39 @@ def test_independent_random_vectors_match_the_expected_rates(tmp_path):
     assert r.conflict[0][1] == pytest.approx(0.5, abs=0.03)
 
 
+def test_remembered_trims_give_the_same_answer_and_are_used(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    ties = torch.tensor([2.0, 1.0, 1.0, 1.0, 1.0, 0.5])  # k = 3 of 6: two of the four ties survive
+    paths = {n: vec(tmp_path, n, {"w": torch.randn(40, 30, generator=g), "t": ties}) for n in "abc"}
+    fresh = interference(paths, density=0.5)
+    trims = {}
+    first = interference(paths, density=0.5, trims=trims)
+    assert sorted(trims) == ["a", "b", "c"] and all(sorted(t) == ["t", "w"] for t in trims.values())
+    assert trims["a"]["t"].ties_left == 2  # applying a trim does not use up the remembered one
+    again = interference(paths, density=0.5, trims=trims)
+    assert first == fresh and again == fresh
+    trims["a"]["w"].threshold = math.inf  # a remembered fit is used, not fitted again: `a` now keeps no entry of w
+    assert interference(paths, density=0.5, trims=trims).overlap[0][1] < fresh.overlap[0][1]
+
+
+def test_an_evaluation_fits_only_the_vectors_it_has_not_seen(tmp_path):
+    from traitgraph.evaluate.memo import ScoreMemo
+    from traitgraph.evaluate.results import measure_interference
+
+    g = torch.Generator().manual_seed(4)
+    paths = {n: vec(tmp_path, n, {"w": torch.randn(50, 20, generator=g)}) for n in "abc"}
+    shas = {n: f"sha-{n}" for n in paths}
+    memo_dir = tmp_path / "memo"
+    memo_dir.mkdir()
+    measure_interference({n: (paths[n], 1.0) for n in "ab"}, shas, 0.2, ScoreMemo(memo_dir, "interference"), [])
+    memo = ScoreMemo(memo_dir, "interference")  # the next evaluation, after node b became c
+    assert memo.get("trims", ["sha-a", 0.2]) and memo.get("trims", ["sha-c", 0.2]) is None
+    measured = measure_interference({n: (paths[n], 1.0) for n in "ac"}, shas, 0.2, memo, [])
+    fresh = interference({n: paths[n] for n in "ac"}, density=0.2)
+    assert measured.conflict[0][1] == fresh.conflict[0][1] and measured.overlap[0][1] == fresh.overlap[0][1]
+    assert ScoreMemo(memo_dir, "interference").get("trims", ["sha-c", 0.2])
+
+
 def test_plot_and_command(tmp_path, capsys):
     g = torch.Generator().manual_seed(2)
     paths = [vec(tmp_path, n, {"w": torch.randn(20, 20, generator=g)}) for n in ("kind", "pirate", "terse")]

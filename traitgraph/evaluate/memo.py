@@ -58,6 +58,15 @@ class ScoreMemo:
             self.dirty = True
         return [self.data[k] for k in keys]
 
+    def get(self, kind: str, item: Any) -> Any | None:
+        """The value remembered for ``item``, or None."""
+        return self.data.get(self.key(kind, item))
+
+    def put(self, kind: str, item: Any, value: Any) -> None:
+        """Remember ``value`` for ``item`` (written by :meth:`save`)."""
+        self.data[self.key(kind, item)] = value
+        self.dirty = True
+
     def save(self) -> None:
         if self.file is None or not self.dirty:
             return

@@ -197,6 +197,26 @@ def training_traces(vectors: dict[str, Path], notes: list[str]) -> dict[str, Tra
     return traces
 
 
+def remembered_trims(memo: ScoreMemo, shas: dict[str, str], density: float, names: list[str]) -> dict:
+    """Each vector's trims fitted by an earlier evaluation (by its sha256 and the density), as
+    :func:`~traitgraph.linker.interference.interference` takes them."""
+    from traitgraph.linker.merging.ties import MagnitudeTrim
+
+    trims = {}
+    for name in names:
+        stored = memo.get("trims", [shas[name], density]) or {}
+        trims[name] = {t: MagnitudeTrim(threshold, ties, keep_all) for t, (threshold, ties, keep_all) in stored.items()}
+    return trims
+
+
+def remember_trims(memo: ScoreMemo, shas: dict[str, str], density: float, trims: dict) -> None:
+    """Keep each vector's trims for the next evaluation (see :func:`remembered_trims`)."""
+    for name, fitted in trims.items():
+        stored = {t: [trim.threshold, trim.ties_left, trim.keep_all] for t, trim in fitted.items()}
+        if memo.get("trims", [shas[name], density]) != stored:
+            memo.put("trims", [shas[name], density], stored)
+
+
 def measure_interference(
     vectors: dict[str, tuple[Path, float]], shas: dict[str, str], density: float, memo: ScoreMemo, notes: list[str]
 ) -> Interference | None:
@@ -210,9 +230,14 @@ def measure_interference(
         return None
 
     def compute(items):
+        trims = remembered_trims(memo, shas, density, list(vectors))
         result = interference(
-            {n: p for n, (p, _) in vectors.items()}, density=density, weights={n: w for n, (_, w) in vectors.items()}
+            {n: p for n, (p, _) in vectors.items()},
+            density=density,
+            weights={n: w for n, (_, w) in vectors.items()},
+            trims=trims,
         )
+        remember_trims(memo, shas, density, trims)
         return [Interference.from_result(result).model_dump(mode="json")]
 
     recipe = [[n, shas[n], 1 if w >= 0 else -1] for n, (_, w) in vectors.items()] + [density]

@@ -19,6 +19,10 @@ linked in (the complementary-learning-systems view: interference falls when
 memories occupy separate parameters; this measures how separate they are).
 
 Reading streams tensor by tensor and chunk by chunk, as the linker does.
+Fitting each vector's trim (a k-th largest magnitude per tensor) is half the
+work; it depends on the vector and the density only, so a caller may pass the
+fits it remembers in ``trims`` and keep the ones added (after a one-node edit
+only that node's vector is fitted again).
 
 >>> result = interference({"a": Path("a.safetensors"), "b": Path("b.safetensors")}, density=0.2)   # doctest: +SKIP
 >>> print(result.table()); plot_interference(result, "interference.png")                          # doctest: +SKIP
@@ -29,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -74,12 +78,20 @@ class InterferenceResult:
         return "\n".join(lines)
 
 
+#: Each vector's fitted trims: node name -> tensor name -> its trim before any chunk is applied.
+Trims = dict[str, dict[str, MagnitudeTrim]]
+
+
 def interference(
     paths: dict[str, Path],
     density: float = 0.2,
     weights: dict[str, float] | None = None,
+    trims: Trims | None = None,
 ) -> InterferenceResult:
-    """Cosine, trim overlap and sign conflict of every pair of task-vector files (see module doc)."""
+    """Cosine, trim overlap and sign conflict of every pair of task-vector files (see module doc).
+
+    ``trims``: fits of earlier calls at this ``density`` for the same vectors, used
+    instead of fitting again; the fits made here are added to it."""
     if len(paths) < 2:
         raise UserError("interference needs at least two task vectors")
     if not 0.0 < density <= 1.0:
@@ -90,8 +102,10 @@ def interference(
     try:
         files, infos = _open_vectors(paths, pool)
         totals = _PairTotals(len(names))
+        fitted = trims if trims is not None else {}
+        known = [fitted.setdefault(n, {}) for n in names]
         for tensor in sorted(infos):
-            totals.add_tensor(tensor, infos[tensor], files, signs, density)
+            totals.add_tensor(tensor, infos[tensor], files, signs, density, known)
     finally:
         pool.close()
     cosine, overlap, conflict = totals.matrices()
@@ -120,6 +134,15 @@ def _open_vectors(paths: dict[str, Path], pool: HandlePool) -> tuple[list[Tensor
     return files, infos
 
 
+def _fit_trim(vector: TensorFiles, tensor: str, info: TensorInfo, density: float) -> MagnitudeTrim:
+    """The trim of one tensor of one vector, fitted on its whole |τ| (as the linker does)."""
+    magnitudes = torch.empty(info.numel, dtype=torch.float32)
+    for r0, r1, start in row_chunks(info):
+        chunk = vector.read_rows(tensor, r0, r1).to(torch.float32)
+        magnitudes[start : start + chunk.numel()] = chunk.abs()
+    return MagnitudeTrim.fit(magnitudes, density)
+
+
 class _PairTotals:
     """Running pairwise sums over every tensor: dot products, and kept entries in both, either, of opposite sign."""
 
@@ -131,17 +154,19 @@ class _PairTotals:
         self.differ = torch.zeros(n, n, dtype=torch.float64)
 
     def add_tensor(
-        self, tensor: str, info: TensorInfo, files: list[TensorFiles], signs: list[float], density: float
+        self,
+        tensor: str,
+        info: TensorInfo,
+        files: list[TensorFiles],
+        signs: list[float],
+        density: float,
+        known: list[dict[str, MagnitudeTrim]],
     ) -> None:
         have = [i for i, f in enumerate(files) if tensor in f.infos]
-        trims = {}
-        for i in have:  # fit each vector's trim on its whole |τ| (as the linker does)
-            magnitudes = torch.empty(info.numel, dtype=torch.float32)
-            for r0, r1, start in row_chunks(info):
-                chunk = files[i].read_rows(tensor, r0, r1).to(torch.float32)
-                magnitudes[start : start + chunk.numel()] = chunk.abs()
-            trims[i] = MagnitudeTrim.fit(magnitudes, density)
-            del magnitudes
+        for i in have:
+            if tensor not in known[i]:
+                known[i][tensor] = _fit_trim(files[i], tensor, info, density)
+        trims = {i: replace(known[i][tensor]) for i in have}  # apply() counts ties down: a fresh copy
         for r0, r1, _ in row_chunks(info):
             taus = {i: files[i].read_rows(tensor, r0, r1).to(torch.float32) * signs[i] for i in have}
             self._add_chunk(have, taus, {i: torch.sign(trims[i].apply(t)).to(torch.int8) for i, t in taus.items()})
