@@ -80,3 +80,24 @@ def test_embedded_base_facts_come_from_its_gguf():
         pytest.fail(f"embedded base not installed: {exc}")
     assert facts.hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert facts.license == "apache-2.0"
+
+
+def test_embedded_base_licence_is_read_once_into_the_conversion_record(tmp_path):
+    """Reading the GGUF's metadata takes seconds, and every link and evaluation writes a card:
+    the licence is kept in the converted base's record (an older record gains it on first read)."""
+    from traitgraph.compiler.base_model import CONVERSION_RECORD
+    from traitgraph.linker.model_card import base_facts
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / CONVERSION_RECORD).write_text(json.dumps({"conversion": 1, "source": "x.gguf"}))
+    assert base_facts("smollm2-135m-instruct", None, old).license == "apache-2.0"  # read from the GGUF
+    assert json.loads((old / CONVERSION_RECORD).read_text()) == {
+        "conversion": 1,
+        "source": "x.gguf",
+        "license": "apache-2.0",
+    }
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    (recorded / CONVERSION_RECORD).write_text(json.dumps({"conversion": 1, "license": "recorded-licence"}))
+    assert base_facts("smollm2-135m-instruct", None, recorded).license == "recorded-licence"  # not the GGUF's

@@ -318,6 +318,42 @@ def _quiet_transformers():
 # --------------------------------------------------------------------------- GGUF conversion
 
 
+def gguf_license(gguf: Path) -> str | None:
+    """The GGUF's ``general.license``, or None. Reading a GGUF's metadata parses every field (about
+    5 s for the embedded base), so a conversion keeps it in its record (:func:`recorded_license`)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf)).fields.get("general.license")
+    return None if field is None else str(field.contents())
+
+
+def recorded_license(converted: Path) -> tuple[bool, str | None]:
+    """``(True, licence)`` when the conversion record in ``converted`` holds the GGUF's licence
+    (``None``: the GGUF has none); ``(False, None)`` for an older record or none at all."""
+    try:
+        record = json.loads((converted / CONVERSION_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False, None
+    if not isinstance(record, dict) or "license" not in record:
+        return False, None
+    licence = record["license"]
+    return True, licence if isinstance(licence, str) else None
+
+
+def record_license(converted: Path, licence: str | None) -> None:
+    """Add the licence to a conversion record made before records held it (an atomic rewrite of
+    traitgraph's own file; a read-only cache only costs the next reader the time)."""
+    from traitgraph.atomic import write_text_atomic
+
+    path = converted / CONVERSION_RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(record, dict) and "license" not in record:
+            write_text_atomic(path, json.dumps({**record, "license": licence}, indent=2))
+    except (OSError, ValueError):
+        pass
+
+
 def _is_converted(directory: Path) -> bool:
     """A complete conversion by this version of the converter lives in ``directory``."""
     try:
@@ -336,10 +372,9 @@ def _converted_gguf(gguf: Path, fingerprint: str, cache_dir: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         _convert_gguf(gguf, tmp)
-        (tmp / CONVERSION_RECORD).write_text(
-            json.dumps({"conversion": CONVERSION_VERSION, "source": gguf.name, "fingerprint": fingerprint}, indent=2),
-            encoding="utf-8",
-        )
+        record = {"conversion": CONVERSION_VERSION, "source": gguf.name, "fingerprint": fingerprint}
+        record["license"] = gguf_license(gguf)
+        (tmp / CONVERSION_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is a normal directory
         if target.exists():  # stale conversion, or another process was faster
             if _is_converted(target):

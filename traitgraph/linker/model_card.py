@@ -58,19 +58,27 @@ def _front_matter(readme: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _gguf_license(gguf: Path) -> str | None:
+def _gguf_license(gguf: Path, converted: Path | None) -> str | None:
+    """The licence of an embedded base: from its conversion record when it has it, else read from
+    the GGUF (once per file and process: a build or a sweep writes several cards)."""
+    from traitgraph.compiler.base_model import record_license, recorded_license
+
+    if converted is not None:
+        known, licence = recorded_license(converted)
+        if known:
+            return licence
     stat = gguf.stat()
-    return _gguf_license_of(str(gguf), stat.st_size, stat.st_mtime_ns)
+    licence = _gguf_license_of(str(gguf), stat.st_size, stat.st_mtime_ns)
+    if converted is not None:
+        record_license(converted, licence)
+    return licence
 
 
 @functools.lru_cache(maxsize=8)
 def _gguf_license_of(path: str, size: int, mtime_ns: int) -> str | None:
-    """The GGUF's ``general.license`` (reading a GGUF's metadata parses every field, about 5 s for the
-    embedded base, so a process that writes several cards, a build or a sweep, reads it once per file)."""
-    from gguf import GGUFReader
+    from traitgraph.compiler.base_model import gguf_license
 
-    field = GGUFReader(path).fields.get("general.license")
-    return None if field is None else str(field.contents())
+    return gguf_license(Path(path))
 
 
 def base_facts(reference: str, specs_dir: Path | None, base_dir: Path | None = None) -> BaseFacts:
@@ -80,7 +88,7 @@ def base_facts(reference: str, specs_dir: Path | None, base_dir: Path | None = N
 
     gguf = base_gguf(reference, specs_dir)
     if gguf is not None:
-        return BaseFacts(reference, EMBEDDED_HUB_IDS.get(reference), _gguf_license(gguf))
+        return BaseFacts(reference, EMBEDDED_HUB_IDS.get(reference), _gguf_license(gguf, base_dir))
     meta = _front_matter(base_dir / "README.md") if base_dir is not None else {}
     hub_id = reference if "/" in reference and not Path(reference).expanduser().exists() else None
     licence = meta.get("license")
