@@ -3,6 +3,7 @@
     python bench/bench_builder.py                 # 100 generated nodes on the pico model
     python bench/bench_builder.py --nodes 20
     python bench/bench_builder.py --example       # the shipped specs/ on SmolLM2, evaluation included (~20 min)
+    python bench/bench_builder.py --example --edit-node voice
 
 For one personality it times, in this order, each as a fresh `traitgraph build`
 process (what a user runs): a full build (empty cache), a no-op rebuild, a
@@ -14,10 +15,10 @@ each as a ratio to the full build and checks the targets:
 * no-op check under 1 s (beyond interpreter start) for 100 nodes
 
 With ``--example`` every step is the README's main command (`traitgraph build -n 2`:
-train, link and evaluate), the edited node is the first (boundaries), and the
-example's own targets are checked instead of the one-node share above (which
-leaves the evaluation out): a full build from an empty cache within 15 minutes,
-a one-node edit within 4.
+train, link and evaluate), the edited node is the first (boundaries;
+``--edit-node`` picks another), and the example's own targets are checked
+instead of the one-node share above (which leaves the evaluation out): a full
+build from an empty cache within 15 minutes, a one-node edit within 4.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=100)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--example", action="store_true", help="the shipped specs/ on the real base instead")
+    ap.add_argument("--edit-node", help="id of the node whose first example is edited (default: the first file's)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-builder-"))
@@ -137,7 +139,10 @@ def main() -> None:
     check = uptodate_check_seconds(specs, out, env)
     start = process_start(env)
 
-    first = sorted((specs / "nodes").glob("*.yaml"))[0]
+    nodes = sorted((specs / "nodes").glob("*.yaml"))
+    first = specs / "nodes" / f"{args.edit_node}.yaml" if args.edit_node else nodes[0]
+    if not first.is_file():
+        raise SystemExit(f"--edit-node {args.edit_node}: no {first.name} in {specs / 'nodes'}")
     doc = yaml.safe_load(first.read_text())
     doc["examples"][0]["response"] += " (edited)"
     first.write_text(yaml.safe_dump(doc))
@@ -154,7 +159,7 @@ def main() -> None:
         ("full build", full),
         ("no-op rebuild (whole command)", noop),
         ("no-op up-to-date check", check),
-        ("one node edited", one_node),
+        (f"one node edited ({first.stem})", one_node),
         ("one weight edited (relink)", weight_only),
     ]
     print(f"\n{'what':<32} {'seconds':>9} {'÷ full':>8}")
