@@ -327,14 +327,20 @@ def gguf_license(gguf: Path) -> str | None:
     return None if field is None else str(field.contents())
 
 
+def _conversion_record(directory: Path) -> dict | None:
+    """The conversion record in ``directory`` (its JSON object), or None when absent or unreadable."""
+    try:
+        record = json.loads((directory / CONVERSION_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def recorded_license(converted: Path) -> tuple[bool, str | None]:
     """``(True, licence)`` when the conversion record in ``converted`` holds the GGUF's licence
     (``None``: the GGUF has none); ``(False, None)`` for an older record or none at all."""
-    try:
-        record = json.loads((converted / CONVERSION_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False, None
-    if not isinstance(record, dict) or "license" not in record:
+    record = _conversion_record(converted)
+    if record is None or "license" not in record:
         return False, None
     licence = record["license"]
     return True, licence if isinstance(licence, str) else None
@@ -343,24 +349,17 @@ def recorded_license(converted: Path) -> tuple[bool, str | None]:
 def record_license(converted: Path, licence: str | None) -> None:
     """Add the licence to a conversion record made before records held it (an atomic rewrite of
     traitgraph's own file; a read-only cache only costs the next reader the time)."""
-    from traitgraph.atomic import write_text_atomic
-
-    path = converted / CONVERSION_RECORD
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(record, dict) and "license" not in record:
-            write_text_atomic(path, json.dumps({**record, "license": licence}, indent=2))
-    except (OSError, ValueError):
-        pass
+    record = _conversion_record(converted)
+    if record is None or "license" in record:
+        return
+    with contextlib.suppress(OSError):
+        write_text_atomic(converted / CONVERSION_RECORD, json.dumps({**record, "license": licence}, indent=2))
 
 
 def _is_converted(directory: Path) -> bool:
     """A complete conversion by this version of the converter lives in ``directory``."""
-    try:
-        record = json.loads((directory / CONVERSION_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return record.get("conversion") == CONVERSION_VERSION
+    record = _conversion_record(directory)
+    return record is not None and record.get("conversion") == CONVERSION_VERSION
 
 
 def _converted_gguf(gguf: Path, fingerprint: str, cache_dir: Path) -> Path:
