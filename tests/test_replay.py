@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,8 @@ from traitgraph.graph.hashing import node_hashes
 from traitgraph.graph.target import resolve_target
 
 from conftest import pirate_node
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _data(name: str) -> str:
@@ -230,6 +233,24 @@ def test_replay_prompts_are_not_the_general_prompts():
     assert not _shingles("\n".join(prompts)) & _shingles(
         _retention_text()
     )  # shared stems ("what is the capital of") are fine
+
+
+def test_replay_prompts_are_not_the_example_personalitys_eval_or_ood_cases():
+    """Replaying the base's answer to an eval case would pull the node back toward the base
+    on the very prompt that measures it ("What is the capital of Canada?" once was both)."""
+    import yaml
+
+    def words(text: str) -> str:
+        return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+    cases = []
+    for node_file in sorted((REPO / "specs" / "nodes").glob("*.yaml")):
+        node = yaml.safe_load(node_file.read_text())
+        cases += [case["context"] for part in ("eval", "ood") for case in node.get(part) or [] if "context" in case]
+    assert len(cases) >= 60
+    prompts = [line.strip() for line in _data("replay_prompts.txt").splitlines() if line.strip()]
+    assert not {words(p) for p in prompts} & {words(c) for c in cases}
+    assert not _shingles("\n".join(prompts)) & _shingles("\n".join(cases))
 
 
 def test_base_replies_source_is_in_the_training_hash(tiny_specs):
