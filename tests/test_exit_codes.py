@@ -141,6 +141,33 @@ def test_doit(project):
     assert gate.returncode == 2 and "evaluation failed" in gate.stderr and "Traceback" not in gate.stderr
 
 
+@pytest.mark.parametrize(
+    "variable", ["TRAITGRAPH_TRAIN_THREADS", "TRAITGRAPH_CONSOLIDATE_THREADS", "TRAITGRAPH_EVAL_THREADS"]
+)
+def test_a_thread_count_that_is_not_a_whole_number_stops_the_build_before_it_writes(project, variable):
+    """Even when the step that reads it has nothing to do (every vector cached, no consolidation)."""
+    out = project["root"] / f"out-{variable}"
+
+    def run(value: str, *command) -> subprocess.CompletedProcess:
+        env = {**_env(), variable: value}
+        return subprocess.run(
+            [*map(str, command)], cwd=out.parent, env=env, capture_output=True, text=True, timeout=600
+        )
+
+    build = run("two", TRAITGRAPH, "build", project["specs"], "-o", out)
+    plain_doit = run("two", DOIT, "-f", REPO / "dodo.py", f"specs={project['specs']}", f"out={out}")
+    for proc in (build, plain_doit):
+        assert proc.returncode == 2 and user_facing(proc), proc.stdout + proc.stderr
+        assert (
+            f"environment variable {variable}: expected a whole number of threads (1 or more), got 'two'" in proc.stderr
+        )
+    assert not out.exists()
+    if variable == "TRAITGRAPH_TRAIN_THREADS":  # the one `traitgraph train` reads
+        train = run("0", TRAITGRAPH, "train", project["specs"], "pirate", "-o", out.parent / "t.safetensors")
+        assert train.returncode == 2 and user_facing(train) and "got '0'" in train.stderr
+        assert not (out.parent / "t.safetensors").exists()
+
+
 def test_internal_error_is_1_with_its_traceback(project):
     out = fresh_copy(project, "out-bug")
     (out / "report.json").unlink()  # eval must run again

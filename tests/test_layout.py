@@ -6,7 +6,7 @@ The layers, earliest first, are the stages of the data flow::
 
 A module may import its own layer or an earlier one, never a later one. The
 shared base modules (``traitgraph/__init__.py``, ``errors.py``, ``atomic.py``,
-``versions.py`` and the ``data`` package) sit below every layer: anyone may
+``versions.py``, ``faults.py``, ``environment.py`` and the ``data`` package) sit below every layer: anyone may
 import them and they import no layer. The import graph is read with ``ast``
 from the source, so imports inside functions (lazy imports) count too.
 """
@@ -33,6 +33,7 @@ BASE_MODULES = {
     "traitgraph.atomic",
     "traitgraph.versions",
     "traitgraph.faults",
+    "traitgraph.environment",
     "traitgraph.data",
 }
 

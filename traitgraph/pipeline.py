@@ -20,6 +20,7 @@ from traitgraph.builder.output_dir import check_output_dir, clean_after_crash
 from traitgraph.builder.output_lock import OutputLock
 from traitgraph.builder.plan import BuildPlan
 from traitgraph.builder.tasks import base_task, doit_config, link_task, train_tasks
+from traitgraph.environment import check_thread_settings
 from traitgraph.errors import UserError
 from traitgraph.evaluate.run import eval_task
 
@@ -60,6 +61,7 @@ def open_build(specs_dir: str | Path, out_dir: str | Path, *, runs_tasks: bool =
     ``ray``: train on Ray at this address (``"settings"``: the personality's ``ray:``
     address, else a local Ray); None trains here unless ``personality.yaml`` has ``ray:``.
     """
+    check_thread_settings()
     plan = BuildPlan.load(specs_dir, out_dir)
     settings = plan.spec.personality.ray
     if ray is not None or settings is not None:

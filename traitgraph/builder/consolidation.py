@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from traitgraph.environment import CONSOLIDATE_THREADS_ENV, thread_count
 from traitgraph.errors import BuildError
 
 if TYPE_CHECKING:
@@ -40,16 +41,13 @@ GENERAL_ROW = "(base, general text)"
 REPORT_ROWS, REPORT_GENERAL = 8, 16
 #: Rows scored together when measuring a KL.
 REPORT_BATCH = 8
-#: Torch threads of the link's consolidation (it runs alone, after every node has trained): a fixed
-#: count, like training's, so the bytes do not depend on the machine.
-CONSOLIDATE_THREADS_ENV = "TRAITGRAPH_CONSOLIDATE_THREADS"
 
 
 def consolidate_threads() -> int:
-    """Threads for ``merge.consolidate`` (``$TRAITGRAPH_CONSOLIDATE_THREADS``, default 2)."""
-    import os
-
-    return max(1, int(os.environ.get(CONSOLIDATE_THREADS_ENV, "2")))
+    """Threads for ``merge.consolidate`` (``$TRAITGRAPH_CONSOLIDATE_THREADS``, default 2). It runs
+    alone, after every node has trained, on a fixed count like training's, so the bytes do not
+    depend on the machine."""
+    return thread_count(CONSOLIDATE_THREADS_ENV, 2)
 
 
 def node_sources(plan: BuildPlan, tokenizer) -> list:

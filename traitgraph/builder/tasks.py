@@ -12,7 +12,6 @@ backend does not), but the truth lives in the cache and the lock file.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import traceback
@@ -21,17 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from traitgraph.builder.plan import BuildPlan, log_event, remove_outputs, write_stamps
+from traitgraph.environment import TRAIN_THREADS_ENV, thread_count
 from traitgraph.errors import UserError, environment_error
 from traitgraph.faults import fault_point
 
-#: torch threads per training process. Fixed (not "all cores") because float
-#: results differ in the last bits between thread counts, and a serial build
-#: must equal a parallel one bit for bit. Parallelism comes from doit -n.
-TRAIN_THREADS_ENV = "TRAITGRAPH_TRAIN_THREADS"
-
 
 def train_threads() -> int:
-    return max(1, int(os.environ.get(TRAIN_THREADS_ENV, "1")))
+    """Torch threads per training process (``$TRAITGRAPH_TRAIN_THREADS``, default 1). Fixed
+    (not "all cores") because float results differ in the last bits between thread counts,
+    and a serial build must equal a parallel one bit for bit. Parallelism comes from doit -n."""
+    return thread_count(TRAIN_THREADS_ENV, 1)
 
 
 def doit_config(plan: BuildPlan, default_tasks: list[str]) -> dict[str, Any]:

@@ -10,8 +10,7 @@ import os
 import time
 from contextlib import contextmanager
 
-#: torch threads for evaluation (default: every idle core, see :func:`eval_threads`).
-EVAL_THREADS_ENV = "TRAITGRAPH_EVAL_THREADS"
+from traitgraph.environment import EVAL_THREADS_ENV, thread_count
 
 
 def eval_threads() -> int:
@@ -26,8 +25,9 @@ def eval_threads() -> int:
     3
     >>> del os.environ[EVAL_THREADS_ENV]
     """
-    if os.environ.get(EVAL_THREADS_ENV):
-        return max(1, int(os.environ[EVAL_THREADS_ENV]))
+    chosen = thread_count(EVAL_THREADS_ENV, None)
+    if chosen is not None:
+        return chosen
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     idle = idle_fraction()
     return cores if idle is None else max(1, min(cores, round(cores * idle)))
