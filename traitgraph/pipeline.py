@@ -61,7 +61,6 @@ def open_build(specs_dir: str | Path, out_dir: str | Path, *, runs_tasks: bool =
     ``ray``: train on Ray at this address (``"settings"``: the personality's ``ray:``
     address, else a local Ray); None trains here unless ``personality.yaml`` has ``ray:``.
     """
-    check_thread_settings()
     plan = BuildPlan.load(specs_dir, out_dir)
     settings = plan.spec.personality.ray
     if ray is not None or settings is not None:
@@ -71,6 +70,7 @@ def open_build(specs_dir: str | Path, out_dir: str | Path, *, runs_tasks: bool =
         plan.executor = RayExecutor(settings or RaySettings(), FROM_SETTINGS if ray is None else ray)
     if not runs_tasks:
         return Build(plan, None)
+    check_thread_settings()  # before anything is written, not when a task first reads one
     check_output_dir(plan.out.root, plan.spec)  # a file, unwritable, or the base's own directory: refused
     lock = OutputLock(plan.out).acquire()
     clean_after_crash(plan.out)
