@@ -194,6 +194,52 @@ def test_rebuild_rules(project, tmp_path, tiny_base_dir):
     assert log.last_build()[0] == set()
 
 
+def run_cli(*argv: str, cache: Path) -> BuildResult:
+    """``traitgraph ARGV...`` in this process, as the CLI runs it."""
+    from traitgraph.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRAITGRAPH_CACHE", str(cache))
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(list(argv))
+    return BuildResult(code, stdout.getvalue(), stderr.getvalue())
+
+
+def test_a_new_linker_relinks_without_training_and_refuses_an_old_lock(project, tmp_path, monkeypatch):
+    """Upgrading to a traitgraph whose linker writes other bytes (a new LINKER_VERSION) relinks the
+    build once, from the cached vectors; relinking a lock the old linker wrote is refused before
+    any work, since its hashes could not be met."""
+    specs, out, cache = project
+    log = BuildLog(out)
+    run_build(specs, out, cache)
+    log.last_build()
+    old_lock = tmp_path / "old.lock"
+    shutil.copy(out / "traitgraph.lock", old_lock)
+    assert json.loads(old_lock.read_text())["linker_version"] == "1"
+
+    monkeypatch.setattr("traitgraph.versions.LINKER_VERSION", "2")
+    status = run_cli("status", str(specs), "-o", str(out), cache=cache)
+    assert "link: stale" in status.stdout and 'linker: "1" -> "2"' in status.stdout
+    run_build(specs, out, cache)
+    assert log.last_build() == (set(), True)
+    assert json.loads((out / "traitgraph.lock").read_text())["linker_version"] == "2"
+    run_build(specs, out, cache)
+    assert log.last_build() == (set(), False)
+
+    refused = run_cli("link", str(specs), "--lock", str(old_lock), "-o", str(tmp_path / "relinked"), cache=cache)
+    assert refused.returncode == 2
+    assert "old.lock: linked by linker version 1" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "relinked").exists()
+
+    # A lock from before linker versions were recorded relinks once, then is current.
+    lock = json.loads((out / "traitgraph.lock").read_text())
+    del lock["linker_version"]
+    (out / "traitgraph.lock").write_text(json.dumps(lock))
+    run_build(specs, out, cache)
+    assert log.last_build() == (set(), True)
+
+
 def test_base_change_retrains_everything(project, tmp_path, tiny_base_dir):
     from conftest import make_tiny_base
 

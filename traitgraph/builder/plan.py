@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from traitgraph import versions
 from traitgraph.atomic import write_text_atomic
 from traitgraph.builder.cache import VectorCache
 from traitgraph.errors import BuildError
@@ -129,6 +130,7 @@ class BuildPlan:
             "base": {"reference": self.spec.personality.base, "fingerprint": self.fingerprint},
             "nodes": nodes,
             "merge": self.spec.personality.merge.model_dump(mode="json", by_alias=True),
+            "linker": versions.LINKER_VERSION,
         }
 
     def last_lock(self):
@@ -164,6 +166,7 @@ def lock_inputs(lock) -> dict[str, Any]:
             key=lambda n: n["id"],
         ),
         "merge": lock.merge.model_dump(mode="json", by_alias=True),
+        "linker": lock.linker_version,
     }
 
 

@@ -115,7 +115,7 @@ def verified_vector(plan: BuildPlan, node_id: str) -> Path:
 
 def link_action(plan: BuildPlan) -> None:
     """Link every node's vector into OUT/checkpoint and write the lock file."""
-    from traitgraph import __version__
+    from traitgraph import __version__, versions
     from traitgraph.compiler.base_model import resolve_base
     from traitgraph.linker.link import LinkInput, link_checkpoint
     from traitgraph.linker.lock import LockBase, LockFile, LockNode, write_lock
@@ -142,6 +142,7 @@ def link_action(plan: BuildPlan) -> None:
     )
     lock = LockFile(
         traitgraph_version=__version__,
+        linker_version=versions.LINKER_VERSION,
         base=LockBase(reference=spec.personality.base, fingerprint=plan.fingerprint),
         nodes=nodes,
         merge=spec.personality.merge,

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from traitgraph.builder.tasks import link_action
     from traitgraph.compiler.base_model import base_fingerprint, resolve_base
     from traitgraph.errors import BuildError, UserError
-    from traitgraph.linker.lock import read_lock, relink
+    from traitgraph.linker.lock import check_linker_version, read_lock, relink
 
     if args.lock is None:
         plan = BuildPlan.load(args.specs_dir, args.out or "out")
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None:
         raise UserError("--lock needs an output directory: -o DIR")
     lock = read_lock(args.lock)
+    check_linker_version(lock, args.lock)
     # the fingerprint first (milliseconds): never convert a base the lock was not built on
     fingerprint = base_fingerprint(lock.base.reference, Path(args.specs_dir))
     if fingerprint != lock.base.fingerprint:

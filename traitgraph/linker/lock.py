@@ -5,6 +5,7 @@
       "merge": {"density": 0.2, "dtype": "auto", "lambda": 1.0, "method": "ties", ...},
       "nodes": [{"id": "pirate", "training_hash": "...", "vector_sha256": "...", "weight": 0.8}, ...],
       "outputs": {"config.json": "...", "model.safetensors": "...", ...},
+      "linker_version": "1",
       "traitgraph_version": "0.1.0"
     }
 
@@ -28,6 +29,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from traitgraph import versions
 from traitgraph.atomic import sha256_file, write_text_atomic
 from traitgraph.errors import BuildError, UserError, field_path, validation_message
 from traitgraph.graph.schema import MergeSettings
@@ -68,6 +70,11 @@ class LockFile(_LockModel):
     """``traitgraph.lock``: every input and output hash of one link, and the merge recipe."""
 
     traitgraph_version: str = Field(description="Version of traitgraph that linked it.")
+    linker_version: str | None = Field(
+        default=None,
+        description="Version of the linking code that wrote the outputs (`traitgraph.versions.LINKER_VERSION`); "
+        "absent in locks written before it was recorded.",
+    )
     base: LockBase
     nodes: list[LockNode] = Field(description="The linked vectors (any order; the linker sorts by id).")
     merge: MergeSettings = Field(description="The full merge settings.")
@@ -79,6 +86,8 @@ class LockFile(_LockModel):
 def lock_json(lock: LockFile) -> str:
     """The lock as stable JSON: sorted keys, aliases (`lambda`), trailing newline."""
     data = lock.model_dump(mode="json", by_alias=True)
+    if data["linker_version"] is None:  # a lock read from before linker versions: written back as it was
+        del data["linker_version"]
     for node in data["nodes"]:
         if node["device"] is None:  # a cpu-trained node: the lock reads as before devices existed
             del node["device"]
@@ -125,6 +134,18 @@ def verify_outputs(lock: LockFile, out_dir: str | os.PathLike) -> list[str]:
     return bad
 
 
+def check_linker_version(lock: LockFile, where: str | os.PathLike) -> None:
+    """A :class:`UserError` when another version of the linking code wrote ``lock``: this
+    one would not write the bytes it records, so a relink is refused before any work. A
+    lock from before linker versions were recorded is tried (its hashes decide)."""
+    if lock.linker_version is not None and lock.linker_version != versions.LINKER_VERSION:
+        raise UserError(
+            f"{where}: linked by linker version {lock.linker_version} (traitgraph {lock.traitgraph_version}); "
+            f"this traitgraph links with version {versions.LINKER_VERSION} and would not write the same bytes: "
+            "relink it with the traitgraph that wrote it, or rebuild from the specs (`traitgraph build SPECS -o DIR`)"
+        )
+
+
 def relink(
     lock: LockFile,
     vector_path_for: Callable[[str], Path],
@@ -144,6 +165,7 @@ def relink(
     from traitgraph.linker.link import LinkInput, link  # torch: only when relinking
     from traitgraph.linker.merging import MergeOptions
 
+    check_linker_version(lock, "this lock")
     if lock.merge.consolidate.steps:
         raise UserError(
             "this lock's checkpoint was consolidated after linking (merge.consolidate), which trains on the "
