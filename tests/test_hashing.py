@@ -272,6 +272,23 @@ def test_an_override_equal_to_the_default_retrains_nothing(tmp_path):
     assert hashes(specs) == before
 
 
+def test_a_block_in_a_node_overrides_only_the_fields_it_writes(tmp_path):
+    """``replay: {source: general}`` in a node keeps the personality's replay fraction and
+    its anchor (it once silently turned replay off: fraction fell back to 0); so editing
+    the personality's fraction retrains that node too. ``anchor: null`` turns the anchor off."""
+    personality = default_personality("unused")
+    personality["training"].update(replay={"fraction": 0.5, "source": "other_nodes"}, anchor={"kl": 1.0})
+    nodes = mutated(delta={"training": {"replay": {"source": "general"}}}, gamma={"training": {"anchor": None}})
+    specs = write_specs(tmp_path, personality=personality, nodes=nodes)
+    spec = load_specs(specs)
+    delta, gamma = spec.training_settings("delta"), spec.training_settings("gamma")
+    assert (delta.replay.fraction, delta.replay.source, delta.anchor.kl) == (0.5, "general", 1.0)
+    assert gamma.anchor is None and gamma.replay.source == "other_nodes"
+    before = hashes(specs)
+    edit_yaml(specs / "personality.yaml", lambda p: p["training"]["replay"].update(fraction=0.25))
+    assert changed(before, hashes(specs)) == {"alpha", "beta", "gamma", "delta"}
+
+
 def test_replay_of_other_nodes_makes_their_examples_an_input(tmp_path):
     nodes = mutated(delta={"training": {"replay": {"fraction": 0.25, "source": "other_nodes"}}})
     specs = write_specs(tmp_path, nodes=nodes)

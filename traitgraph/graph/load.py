@@ -284,8 +284,9 @@ def load_specs(specs_dir: str | Path, dream_files: bool = True) -> Spec:
     _graph_problems(nodes, problems, unloaded={f.stem for f in node_files} - set(nodes))
     if personality is not None:
         _node_setting_problems(personality, personality_file, set(nodes) | {f.stem for f in node_files}, problems)
+        training = _effective_training(personality, nodes, problems)
         if dream_files:
-            _read_dream_files(personality, personality_file, nodes, specs_dir, problems)
+            _read_dream_files(training, personality_file, nodes, specs_dir, problems)
     if personality is None or problems:
         raise SpecError(problems)
     return Spec(specs_dir=specs_dir, personality_file=personality_file, personality=personality, nodes=nodes)
@@ -369,8 +370,25 @@ def _load_node(
     return LoadedNode(spec=node, file=file, examples=examples, data_files=data_files, data_counts=data_counts)
 
 
+def _effective_training(
+    personality: Personality, nodes: dict[str, LoadedNode], problems: list[SpecProblem]
+) -> dict[str, TrainingSettings]:
+    """Each node's training settings with its overrides merged in; a merge that is
+    invalid (each block valid alone, not together) is a problem naming the node."""
+    settings = {}
+    for node_id, node in sorted(nodes.items()):
+        overrides = node.spec.training
+        try:
+            settings[node_id] = overrides.apply(personality.training) if overrides is not None else personality.training
+        except ValidationError as exc:
+            for err in exc.errors():
+                where = ".".join(str(part) for part in ("training", *err["loc"]))
+                problems.append(SpecProblem(file=node.file, node=node_id, field=where, message=err["msg"]))
+    return settings
+
+
 def _read_dream_files(
-    personality: Personality,
+    training: dict[str, TrainingSettings],
     personality_file: Path,
     nodes: dict[str, LoadedNode],
     specs_dir: Path,
@@ -379,9 +397,8 @@ def _read_dream_files(
     """Append each ``training.dream`` file's examples to its node (in ``nodes``), like an
     examples file read after the node's own; problems name the file that sets the block."""
     claimed: dict[Path, str] = {}
-    for node_id, node in sorted(nodes.items()):
-        overrides = node.spec.training
-        settings = overrides.apply(personality.training) if overrides is not None else personality.training
+    for node_id, settings in sorted(training.items()):
+        node = nodes[node_id]
         if settings.dream is not None:
             nodes[node_id] = _with_dream_file(node, settings.dream, personality_file, specs_dir, claimed, problems)
 

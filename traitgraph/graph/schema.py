@@ -441,12 +441,39 @@ class TrainingOverrides(Strict):
         return _trainable_patterns(v)
 
     def apply(self, defaults: TrainingSettings) -> TrainingSettings:
-        """The effective settings: ``defaults`` with every set field replaced."""
-        patch = self.model_dump(exclude_none=True)
+        """The effective settings: ``defaults`` with every field the node writes replaced.
+
+        A block (``optimizer``, ``replay``, ``monitor``, ``anchor``, ``dream``) is merged
+        field by field: ``replay: {source: general}`` keeps the personality's ``fraction``.
+        ``null`` on a block turns it off for the node (``replay: null`` is no replay); a
+        ``null`` scalar keeps the personality's value. A pydantic ``ValidationError``
+        when the merged settings are invalid (the loader reports it against the node).
+
+        >>> base = TrainingSettings(replay=ReplaySettings(fraction=0.5, source="base_replies"))
+        >>> TrainingOverrides.model_validate({"replay": {"source": "general"}}).apply(base).replay.fraction
+        0.5
+        >>> TrainingOverrides.model_validate({"replay": None}).apply(base).replay.fraction
+        0.0
+        """
         merged = defaults.model_dump()
-        merged["optimizer"].update(patch.pop("optimizer", {}))
-        merged.update(patch)
+        for key, value in self.model_dump(exclude_unset=True).items():
+            if key in TRAINING_BLOCKS:
+                merged[key] = _merged_block(key, merged[key], value)
+            elif value is not None:
+                merged[key] = value
         return TrainingSettings.model_validate(merged)
+
+
+#: Fields of ``training:`` that are blocks of their own: a node's override merges into them field by field.
+TRAINING_BLOCKS = ("optimizer", "replay", "monitor", "anchor", "dream")
+
+
+def _merged_block(key: str, defaults: dict | None, written: dict | None) -> dict | None:
+    """A block of the personality's training settings with the fields a node writes laid over it."""
+    if written is None:  # `anchor: null`: off for this node (the optimizer cannot be off)
+        return defaults if key == "optimizer" else ReplaySettings().model_dump() if key == "replay" else None
+    written = {k: v for k, v in written.items() if v is not None or key != "optimizer"}
+    return {**(defaults or {}), **written}
 
 
 MergeMethodName = Literal[
