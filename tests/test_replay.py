@@ -261,3 +261,57 @@ def test_base_replies_source_is_in_the_training_hash(tiny_specs):
         return node_hashes(spec, fp)["pirate"]
 
     assert pirate_hash("base_replies") != pirate_hash("general")
+
+
+def test_contrast_replays_the_other_nodes_contexts_answered_by_the_base(tiny_base_dir, tmp_path, monkeypatch):
+    """``source: contrast``: the shipped replay prompts and every other node's contexts (the
+    subtracted node's too), each with the *base's* answer, never the other node's response."""
+    from traitgraph.compiler.base_replies import trim_to_sentence
+    from traitgraph.graph.replay import BASE_REPLY_TOKENS
+
+    from conftest import write_tiny_specs
+
+    monkeypatch.setenv("TRAITGRAPH_CACHE", str(tmp_path / "cache"))
+    base_dir = _talkative_base(tiny_base_dir, tmp_path / "talkative")
+    nodes = _three_nodes()
+    shipped = [line.strip() for line in _data("replay_prompts.txt").splitlines() if line.strip()]
+    others = [ex["context"] for node in ("counting", "polite") for ex in nodes[node]["examples"]]
+    n_pool = len(shipped) + len(others)
+    # three replay rows a step for enough steps to draw the whole pool once
+    steps = -(-n_pool // 3)
+    training = {
+        "learning_rate": 1e-3,
+        "steps": steps,
+        "batch_size": 4,
+        "replay": {"fraction": 0.75, "source": "contrast"},
+    }
+    spec = load_specs(write_tiny_specs(tmp_path, base_dir, nodes, training))
+    base = resolve_base(spec.personality.base, spec.specs_dir)
+    batches = _spy_batches(monkeypatch)
+    train_node(resolve_target(spec, "pirate", base.fingerprint), base, tmp_path / "p.safetensors", progress=False)
+    model, tok = load_model(base)
+    replayed = {}
+    for row in (row for rows in batches for row in rows[1:]):
+        context = tok.decode(row.context, skip_special_tokens=True)
+        prompt = max((p for p in shipped + others if p in context), key=len)
+        replayed[prompt] = tok.decode(row.response, skip_special_tokens=True).strip()
+    assert set(others) <= set(replayed)  # counting's and polite's contexts are replayed ...
+    for prompt in others:  # ... with the base's answer, not "number 0" or "certainly sir 0"
+        assert replayed[prompt] == trim_to_sentence(_greedy_reply(model, tok, prompt, BASE_REPLY_TOKENS))
+    assert not set(replayed) & {ex["context"] for ex in nodes["pirate"]["examples"]}  # never its own
+
+
+def test_contrast_hashes_the_other_nodes_contexts_not_their_responses(tiny_specs):
+    """Editing another node's response leaves a contrast node's vector cached; editing a context retrains it."""
+    training = {"replay": {"fraction": 0.5, "source": "contrast"}}
+    fp = "sha256:" + "cd" * 32
+
+    def pirate_hash(nodes) -> str:
+        return node_hashes(load_specs(tiny_specs(nodes=nodes, training=training)), fp)["pirate"]
+
+    h = pirate_hash(_three_nodes())
+    assert pirate_hash(_three_nodes(counting_response="figure")) == h
+    assert pirate_hash(_three_nodes(weight_of_negative=2.0)) == h  # any weight: the base answers them
+    changed = _three_nodes()
+    changed["polite"]["examples"][0]["context"] = "ask nicely"
+    assert pirate_hash(changed) != h

@@ -16,8 +16,10 @@ everything that can change its trained task vector, and nothing else:
 ``base``             the base reference and the base weights' fingerprint
 ``parents``          the training hashes of the nodes it ``refines``
 ``replay``           when replay is on: the hash of the replay pool (the
-                     shipped replay corpus, or the examples of each replayed
-                     node: the other nodes with a positive weight)
+                     shipped replay corpus or prompts, the examples of each
+                     replayed node: the other nodes with a positive weight, or,
+                     for ``contrast``, the prompts with the other nodes'
+                     contexts, never their responses)
 ===================  =====================================================
 
 A training field added after a release (``monitor``, and the others in
@@ -40,7 +42,13 @@ from typing import Any
 
 from traitgraph.graph.device_policy import base_parameters, training_record
 from traitgraph.graph.load import Spec
-from traitgraph.graph.replay import BASE_REPLY_TOKENS, GENERAL_REPLAY_FILE, REPLAY_PROMPTS_FILE, replay_nodes
+from traitgraph.graph.replay import (
+    BASE_REPLY_TOKENS,
+    GENERAL_REPLAY_FILE,
+    REPLAY_PROMPTS_FILE,
+    contrast_prompts,
+    replay_nodes,
+)
 from traitgraph.graph.schema import TrainingSettings
 from traitgraph.versions import TRAINER_VERSION
 
@@ -78,6 +86,11 @@ def _replay_payload(spec: Spec, node_id: str, settings: TrainingSettings) -> dic
         return {"replay_text": shipped_file_hash(GENERAL_REPLAY_FILE)}
     if settings.replay.source == "base_replies":  # the replies are the base's: its fingerprint is hashed already
         return {"base_replies": shipped_file_hash(REPLAY_PROMPTS_FILE), "reply_tokens": BASE_REPLY_TOKENS}
+    if settings.replay.source == "contrast":  # the other nodes' contexts only: their responses are never replayed
+        return {
+            "contrast_prompts": sha256_hex(canonical_json(contrast_prompts(spec, node_id))),
+            "reply_tokens": BASE_REPLY_TOKENS,
+        }
     return {
         "other_nodes": {
             other: sha256_hex(canonical_json(_examples_payload(spec, other))) for other in replay_nodes(spec, node_id)

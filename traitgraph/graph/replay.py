@@ -18,6 +18,14 @@
                 weight, by id. A node with a negative weight is one the user
                 wants removed; replaying its examples as targets would train
                 the very behaviour the link subtracts, so it is left out
+``contrast``    the ``base_replies`` prompts, then the one-message contexts of
+                every other node's examples (any weight: the base answers them,
+                not the other node), each answered by the base: a situational
+                node (declining, asking back) learns its habit on its own cases
+                and leaves the other behaviours' cases as the base answers them,
+                so its vector pushes less on them once linked. Multi-turn
+                contexts are left out; a context equal to a shipped prompt or
+                to one of the node's own contexts is taken once or not at all
 ==============  ==========================================================
 
 The pool is resolved here, in the graph, so that the training hash
@@ -122,6 +130,26 @@ def replay_nodes(spec, node_id: str) -> list[str]:
     return [other for other in sorted(spec.nodes) if other != node_id and spec.nodes[other].spec.weight > 0]
 
 
+def contrast_nodes(spec, node_id: str) -> list[str]:
+    """The nodes whose contexts ``node_id`` replays with ``source: contrast``: every other node, by id."""
+    return [other for other in sorted(spec.nodes) if other != node_id]
+
+
+def contrast_prompts(spec, node_id: str) -> tuple[str, ...]:
+    """The prompts of ``source: contrast``: the shipped replay prompts, then each other
+    node's one-message example contexts (by node id, in example order), without
+    repeats and without the node's own contexts."""
+    own = {ex.context for ex in spec.nodes[node_id].examples}
+    prompts = list(shipped_text(REPLAY_PROMPTS_FILE))
+    seen = set(prompts) | own
+    for other in contrast_nodes(spec, node_id):
+        for ex in spec.nodes[other].examples:
+            if ex.context is not None and ex.context not in seen:
+                seen.add(ex.context)
+                prompts.append(ex.context)
+    return tuple(prompts)
+
+
 def probe_indices(n_lines: int, n_probe: int) -> list[int]:
     """Indices of the general-text probe: ``n_probe`` lines spread evenly over a
     file of ``n_lines`` (all of them when the file is shorter).
@@ -161,6 +189,8 @@ def replay_pool(spec, node_id: str, settings: TrainingSettings) -> ReplayPool:
         pool = ReplayPool(text=general_replay_text(settings))
     elif settings.replay.source == "base_replies":
         pool = ReplayPool(prompts=shipped_text(REPLAY_PROMPTS_FILE))
+    elif settings.replay.source == "contrast":
+        pool = ReplayPool(prompts=contrast_prompts(spec, node_id))
     else:
         pool = ReplayPool(
             examples=tuple(ex for other in replay_nodes(spec, node_id) for ex in located_examples(spec.nodes[other]))

@@ -204,9 +204,9 @@ class ReplaySettings(Strict):
     fraction: float = Field(
         default=0.0, ge=0.0, lt=1.0, description="Share of each batch drawn from the replay source."
     )
-    source: Literal["general", "other_nodes", "base_replies"] = Field(
+    source: Literal["general", "other_nodes", "base_replies", "contrast"] = Field(
         default="general",
-        description="`general`: the shipped replay corpus (disjoint from the retention text); `other_nodes`: examples of the other nodes with a positive weight; `base_replies`: the shipped replay prompts answered by the base model itself (greedy), so ordinary requests keep their ordinary answers.",
+        description="`general`: the shipped replay corpus (disjoint from the retention text); `other_nodes`: examples of the other nodes with a positive weight; `base_replies`: the shipped replay prompts answered by the base model itself (greedy), so ordinary requests keep their ordinary answers; `contrast`: those prompts and the other nodes' one-message example contexts, all answered by the base, so the node also leaves the other behaviours' situations as the base answers them.",
     )
 
 
