@@ -315,3 +315,30 @@ def test_contrast_hashes_the_other_nodes_contexts_not_their_responses(tiny_specs
     changed = _three_nodes()
     changed["polite"]["examples"][0]["context"] = "ask nicely"
     assert pirate_hash(changed) != h
+
+
+def test_contrast_leaves_out_the_nodes_a_node_refines_and_those_that_refine_it(tiny_specs):
+    """A node trains on top of the vectors it refines: the base's answers on their situations would undo them."""
+    from traitgraph.graph.replay import contrast_pool
+
+    nodes = _three_nodes()
+    nodes["counting"]["edges"] = [{"to": "pirate", "kind": "refines"}]
+    nodes["grand"] = pirate_node(
+        examples=[{"context": "grand question", "response": "grand answer"}],
+        edges=[{"to": "counting", "kind": "refines"}],
+    )
+    spec = load_specs(tiny_specs(nodes=nodes, training={"replay": {"fraction": 0.5, "source": "contrast"}}))
+
+    def replayed_nodes(node_id: str) -> set[str]:
+        contexts = set(contrast_pool(spec, node_id).prompts)
+        return {other for other in nodes if any(ex.context in contexts for ex in spec.nodes[other].examples)}
+
+    assert replayed_nodes("pirate") == {"polite"}  # counting and grand build on pirate
+    assert replayed_nodes("counting") == {"polite"}  # pirate below it, grand above it
+    assert replayed_nodes("polite") == {"pirate", "counting", "grand"}
+    pool = contrast_pool(spec, "polite")
+    where = dict(zip(pool.prompts, pool.prompt_origins))
+    assert where["count 0"] == (
+        f"{spec.nodes['counting'].file}: node 'counting', examples[0], "
+        "its context replayed by node 'polite' (replay.source: contrast)"
+    )

@@ -179,3 +179,40 @@ def test_each_report_opens_with_mean_kept_and_what_was_lost_and_splits_trim_from
             else:  # TIES keeps 20% of each τ: a different model
                 assert node["gain_trimmed"] != node["gain_alone"]
         assert "prompts" in {g["name"] for g in report["gates"]}
+
+
+def test_a_point_keeps_the_training_blocks_a_node_inherits(tiny_specs):
+    """A node that writes part of a training block (here `replay: {source: general}`) keeps the rest
+    from the personality at every point, as the same edit made by hand would; a point once wrote
+    every unwritten block back as null, which turned the node's replay and anchor off."""
+    from traitgraph.evaluate.sweep_grid import apply_point
+    from traitgraph.graph import load_specs
+    from traitgraph.graph.hashing import node_hashes
+
+    training = {"replay": {"fraction": 0.5, "source": "other_nodes"}, "anchor": {"kl": 1.0}}
+    nodes = {"pirate": pirate_node(training={"replay": {"source": "general"}}), "shouting": shouting_node()}
+    spec = load_specs(tiny_specs(nodes=nodes, training=training))
+    fp = "sha256:" + "cd" * 32
+    point = apply_point(spec, {"nodes.pirate.weight": 0.5, "nodes.shouting.training.replay.source": "general"})
+    for node_id in ("pirate", "shouting"):
+        settings = point.training_settings(node_id)
+        assert (settings.replay.fraction, settings.replay.source, settings.anchor.kl) == (0.5, "general", 1.0)
+    assert node_hashes(point, fp)["pirate"] == node_hashes(spec, fp)["pirate"]  # a weight never retrains
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("nodes.pirate.training.replay.sauce", "unknown field 'training.replay.sauce'; known here: fraction, source"),
+        ("nodes.pirate.weight.x", "unknown field 'weight.x'; known here: none (not a mapping)"),
+        ("merge.lambda.x", "unknown field 'merge.lambda.x'"),
+    ],
+)
+def test_a_path_into_a_block_the_file_left_out_is_checked_against_the_spec(tiny_specs, path, message):
+    from traitgraph.errors import UserError
+    from traitgraph.evaluate.sweep_grid import apply_point
+    from traitgraph.graph import load_specs
+
+    spec = load_specs(tiny_specs())
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        apply_point(spec, {path: 1})

@@ -15,5 +15,5 @@ TRAINER_VERSION = "1"
 
 #: Bump when a change to the linking code changes the checkpoint it writes for the
 #: same vectors and settings; the lock records it, so the next build relinks
-#: (its vectors stay cached) and `traitgraph relink` refuses a lock of another version.
+#: (its vectors stay cached) and `traitgraph link --lock` refuses a lock of another version.
 LINKER_VERSION = "1"

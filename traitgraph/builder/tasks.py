@@ -40,6 +40,9 @@ def doit_config(plan: BuildPlan, default_tasks: list[str]) -> dict[str, Any]:
         "dep_file": str(plan.out.state / "doit.sqlite"),
         "verbosity": 2,
         "default_tasks": default_tasks,
+        # doit's default report stream is the sys.stdout of when doit was first imported; a build
+        # run in-process (tests, a notebook) after stdout was swapped would write to a stale one
+        "outfile": sys.stdout,
     }
     if plan.executor is not None:  # actions wait on Ray futures: threads share one Ray connection
         config["par_type"] = "thread"

@@ -66,10 +66,11 @@ def verify_build(
     Any difference is a :class:`BuildError` naming the file.
     """
     from traitgraph.compiler.base_model import resolve_base
-    from traitgraph.linker.lock import read_lock
+    from traitgraph.linker.lock import check_linker_version, read_lock
 
     out = OutputLayout(Path(out_dir))
     lock = read_lock(out.lock)
+    check_linker_version(lock, out.lock)
     if not out.checkpoint.is_dir():
         raise BuildError(f"{out.checkpoint}: no checkpoint; the lock {out.lock} names one")
     tampered = tampered_files(lock, out.checkpoint)

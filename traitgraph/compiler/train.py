@@ -99,9 +99,12 @@ def encode_replay(target: TrainingTarget, tokenizer, replies: Sequence[str] = ()
     prompts paired with ``replies``, the base's answers to them)."""
     max_length = target.settings.max_length
     if target.replay.prompts:
+        origins = target.replay.prompt_origins or tuple(
+            f"replay prompt {i + 1} ({REPLAY_PROMPTS_FILE})" for i in range(len(target.replay.prompts))
+        )
         pairs = [
-            LocatedExample(Example(context=p, response=r), f"replay prompt {i + 1} ({REPLAY_PROMPTS_FILE})")
-            for i, (p, r) in enumerate(zip(target.replay.prompts, replies, strict=True))
+            LocatedExample(Example(context=p, response=r), where)
+            for p, r, where in zip(target.replay.prompts, replies, origins, strict=True)
             if r
         ]
         if not pairs:

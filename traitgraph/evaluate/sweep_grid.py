@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,19 +59,34 @@ def grid(sets: Sequence[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
     return [dict(zip(paths, combo)) for combo in itertools.product(*(v for _, v in sets))]
 
 
-def _put(document: dict[str, Any], keys: list[str], value: Any, path: str) -> None:
-    """Set ``document[k0][k1]...`` to ``value``; every key must be a field of the document."""
-    where, free = document, False  # free: inside a section the file left out; validation checks the keys
+def _put(document: dict[str, Any], keys: list[str], value: Any, path: str, model: type[BaseModel] | None) -> None:
+    """Set ``document[k0][k1]...`` to ``value``; every key must be a field of ``model`` (the
+    document's pydantic model, followed into nested models; a mapping field is left to validation)."""
+    where = document
     for i, key in enumerate(keys):
-        if not free and (not isinstance(where, dict) or key not in where):
-            known = ", ".join(sorted(where)) if isinstance(where, dict) else "none (not a mapping)"
+        fields = _fields_by_name(model) if model is not None else None
+        if fields is not None and key not in fields or not isinstance(where, dict):
+            known = ", ".join(sorted(fields)) if fields is not None else "none (not a mapping)"
             raise UserError(f"--set {path}: unknown field '{'.'.join(keys[: i + 1])}'; known here: {known}")
         if i == len(keys) - 1:
             where[key] = value
         else:
-            if where.get(key) is None:  # an optional section left out of the file (a node's `training:`)
-                where[key], free = {}, True
-            where = where[key]
+            if where.get(key) is None:  # a section the file left out (a node's `training:`, its `replay:`)
+                where[key] = {}
+            where, model = where[key], _nested_model(fields[key]) if fields is not None else None
+
+
+def _fields_by_name(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's fields by the name a spec file uses (the alias where there is one)."""
+    return {info.alias or name: info for name, info in model.model_fields.items()}
+
+
+def _nested_model(info: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds (``X`` or ``X | None``), or None for any other field."""
+    for candidate in (info.annotation, *typing.get_args(info.annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _validated(model: type[BaseModel], document: dict[str, Any], prefix: str, what: str) -> Any:
@@ -84,7 +100,11 @@ def _validated(model: type[BaseModel], document: dict[str, Any], prefix: str, wh
 def _node_document(spec: Spec, node_id: str, path: str) -> dict[str, Any]:
     if node_id not in spec.nodes:
         raise UserError(f"--set {path}: no node '{node_id}'; nodes: {', '.join(sorted(spec.nodes))}")
-    return spec.nodes[node_id].spec.model_dump(mode="json", by_alias=True)
+    node = spec.nodes[node_id].spec
+    document = node.model_dump(mode="json", by_alias=True)
+    if node.training is not None:  # only what the file wrote: an unwritten block inherits the personality's
+        document["training"] = node.training.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return document
 
 
 def apply_point(spec: Spec, point: dict[str, Any]) -> Spec:
@@ -97,9 +117,9 @@ def apply_point(spec: Spec, point: dict[str, Any]) -> Spec:
             if len(keys) < 3:
                 raise UserError(f"--set {path}: a node field is nodes.ID.FIELD, e.g. nodes.voice.weight")
             document = nodes.setdefault(keys[1], _node_document(spec, keys[1], path))
-            _put(document, keys[2:], value, path)
+            _put(document, keys[2:], value, path, NodeSpec)
         else:
-            _put(personality, keys, value, path)
+            _put(personality, keys, value, path, Personality)
     what = ", ".join(f"{p}={v}" for p, v in point.items())
     new_nodes = dict(spec.nodes)
     for node_id, document in nodes.items():

@@ -46,7 +46,7 @@ from traitgraph.graph.replay import (
     BASE_REPLY_TOKENS,
     GENERAL_REPLAY_FILE,
     REPLAY_PROMPTS_FILE,
-    contrast_prompts,
+    contrast_pool,
     replay_nodes,
 )
 from traitgraph.graph.schema import TrainingSettings
@@ -88,7 +88,7 @@ def _replay_payload(spec: Spec, node_id: str, settings: TrainingSettings) -> dic
         return {"base_replies": shipped_file_hash(REPLAY_PROMPTS_FILE), "reply_tokens": BASE_REPLY_TOKENS}
     if settings.replay.source == "contrast":  # the other nodes' contexts only: their responses are never replayed
         return {
-            "contrast_prompts": sha256_hex(canonical_json(contrast_prompts(spec, node_id))),
+            "contrast_prompts": sha256_hex(canonical_json(contrast_pool(spec, node_id).prompts)),
             "reply_tokens": BASE_REPLY_TOKENS,
         }
     return {

@@ -20,12 +20,13 @@
                 the very behaviour the link subtracts, so it is left out
 ``contrast``    the ``base_replies`` prompts, then the one-message contexts of
                 every other node's examples (any weight: the base answers them,
-                not the other node), each answered by the base: a situational
+                not the other node; not the nodes it ``refines`` or that refine
+                it), each answered by the base: a situational
                 node (declining, asking back) learns its habit on its own cases
                 and leaves the other behaviours' cases as the base answers them,
                 so its vector pushes less on them once linked. Multi-turn
-                contexts are left out; a context equal to a shipped prompt or
-                to one of the node's own contexts is taken once or not at all
+                contexts are left out; a context equal to a shipped prompt is
+                taken once, and none equal to one of the node's own contexts
 ==============  ==========================================================
 
 The pool is resolved here, in the graph, so that the training hash
@@ -66,6 +67,8 @@ class ReplayPool:
     text: tuple[str, ...] = ()
     examples: tuple[LocatedExample, ...] = ()
     prompts: tuple[str, ...] = ()
+    #: where each prompt comes from, for error messages (the shipped file's line or another node's example)
+    prompt_origins: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.text) + len(self.examples) + len(self.prompts)
@@ -131,23 +134,42 @@ def replay_nodes(spec, node_id: str) -> list[str]:
 
 
 def contrast_nodes(spec, node_id: str) -> list[str]:
-    """The nodes whose contexts ``node_id`` replays with ``source: contrast``: every other node, by id."""
-    return [other for other in sorted(spec.nodes) if other != node_id]
+    """The nodes whose contexts ``node_id`` replays with ``source: contrast``, by id: every
+    other node except those it ``refines`` or that refine it, directly or not (a node trains
+    on top of its parents' vectors; the base's answers on their situations would undo them)."""
+    family = _refines_ancestors(spec, node_id) | {n for n in spec.nodes if node_id in _refines_ancestors(spec, n)}
+    return [other for other in sorted(spec.nodes) if other != node_id and other not in family]
 
 
-def contrast_prompts(spec, node_id: str) -> tuple[str, ...]:
-    """The prompts of ``source: contrast``: the shipped replay prompts, then each other
-    node's one-message example contexts (by node id, in example order), without
-    repeats and without the node's own contexts."""
+def _refines_ancestors(spec, node_id: str) -> set[str]:
+    """The nodes ``node_id`` trains on top of, through any chain of ``refines`` edges."""
+    found: set[str] = set()
+    todo = list(spec.dependencies(node_id))
+    while todo:
+        parent = todo.pop()
+        if parent not in found:
+            found.add(parent)
+            todo.extend(spec.dependencies(parent))
+    return found
+
+
+def contrast_pool(spec, node_id: str) -> ReplayPool:
+    """The pool of ``source: contrast``: the shipped replay prompts, then each contrast
+    node's one-message example contexts (by node id, in example order), without repeats
+    and without the node's own contexts; each prompt with where it comes from."""
     own = {ex.context for ex in spec.nodes[node_id].examples}
-    prompts = list(shipped_text(REPLAY_PROMPTS_FILE))
-    seen = set(prompts) | own
+    shipped = shipped_text(REPLAY_PROMPTS_FILE)
+    prompts = [p for p in shipped if p not in own]
+    origins = [f"replay prompt {i + 1} ({REPLAY_PROMPTS_FILE})" for i, p in enumerate(shipped) if p not in own]
+    seen = set(shipped) | own
     for other in contrast_nodes(spec, node_id):
-        for ex in spec.nodes[other].examples:
-            if ex.context is not None and ex.context not in seen:
-                seen.add(ex.context)
-                prompts.append(ex.context)
-    return tuple(prompts)
+        for located in located_examples(spec.nodes[other]):
+            context = located.example.context
+            if context is not None and context not in seen:
+                seen.add(context)
+                prompts.append(context)
+                origins.append(f"{located.where}, its context replayed by node '{node_id}' (replay.source: contrast)")
+    return ReplayPool(prompts=tuple(prompts), prompt_origins=tuple(origins))
 
 
 def probe_indices(n_lines: int, n_probe: int) -> list[int]:
@@ -190,7 +212,7 @@ def replay_pool(spec, node_id: str, settings: TrainingSettings) -> ReplayPool:
     elif settings.replay.source == "base_replies":
         pool = ReplayPool(prompts=shipped_text(REPLAY_PROMPTS_FILE))
     elif settings.replay.source == "contrast":
-        pool = ReplayPool(prompts=contrast_prompts(spec, node_id))
+        pool = contrast_pool(spec, node_id)
     else:
         pool = ReplayPool(
             examples=tuple(ex for other in replay_nodes(spec, node_id) for ex in located_examples(spec.nodes[other]))

@@ -14,9 +14,9 @@ whole graph (edges, cycles) live in :mod:`traitgraph.graph.validate`.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 NODE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 NODE_ID_RE = re.compile(NODE_ID_PATTERN)
@@ -414,6 +414,29 @@ class OptimizerOverrides(Strict):
     norm_growth_limit: float | None = Field(default=None, gt=1)
 
 
+def _block_overrides(settings: type[Strict]) -> type[Strict]:
+    """A block of ``training:`` as a node writes it: each field of ``settings`` optional, with
+    its range checks; the block's cross-field checks (an anchor pulls somewhere) run on the
+    block merged with the personality's (:meth:`TrainingOverrides.apply`)."""
+    fields = {
+        name: (
+            (Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation) | None,
+            Field(default=None, alias=info.alias, description=info.description),
+        )
+        for name, info in settings.model_fields.items()
+    }
+    name = settings.__name__.removesuffix("Settings") + "Overrides"
+    return create_model(
+        name, __base__=Strict, __doc__=f"Per-node {settings.__name__}; unset fields keep the personality's.", **fields
+    )
+
+
+ReplayOverrides = _block_overrides(ReplaySettings)
+MonitorOverrides = _block_overrides(MonitorSettings)
+AnchorOverrides = _block_overrides(AnchorSettings)
+DreamOverrides = _block_overrides(DreamSettings)
+
+
 class TrainingOverrides(Strict):
     """Per-node training overrides; unset fields keep the personality's value."""
 
@@ -427,13 +450,13 @@ class TrainingOverrides(Strict):
     max_length: int | None = Field(default=None, gt=8)
     grad_clip: float | None = Field(default=None, gt=0)
     divergence_factor: float | None = Field(default=None, gt=1.0)
-    replay: ReplaySettings | None = None
+    replay: ReplayOverrides | None = None
     vector_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     device: Literal["auto", "cpu", "cuda", "mps"] | None = None
-    monitor: MonitorSettings | None = None
+    monitor: MonitorOverrides | None = None
     trainable: tuple[str, ...] | None = None
-    anchor: AnchorSettings | None = None
-    dream: DreamSettings | None = None
+    anchor: AnchorOverrides | None = None
+    dream: DreamOverrides | None = None
 
     @field_validator("trainable")
     @classmethod
@@ -446,8 +469,9 @@ class TrainingOverrides(Strict):
         A block (``optimizer``, ``replay``, ``monitor``, ``anchor``, ``dream``) is merged
         field by field: ``replay: {source: general}`` keeps the personality's ``fraction``.
         ``null`` on a block turns it off for the node (``replay: null`` is no replay); a
-        ``null`` scalar keeps the personality's value. A pydantic ``ValidationError``
-        when the merged settings are invalid (the loader reports it against the node).
+        ``null`` field keeps the personality's value. A block's own checks run on the
+        merged block: a pydantic ``ValidationError`` when it is invalid (the loader
+        reports it against the node).
 
         >>> base = TrainingSettings(replay=ReplaySettings(fraction=0.5, source="base_replies"))
         >>> TrainingOverrides.model_validate({"replay": {"source": "general"}}).apply(base).replay.fraction
@@ -472,8 +496,7 @@ def _merged_block(key: str, defaults: dict | None, written: dict | None) -> dict
     """A block of the personality's training settings with the fields a node writes laid over it."""
     if written is None:  # `anchor: null`: off for this node (the optimizer cannot be off)
         return defaults if key == "optimizer" else ReplaySettings().model_dump() if key == "replay" else None
-    written = {k: v for k, v in written.items() if v is not None or key != "optimizer"}
-    return {**(defaults or {}), **written}
+    return {**(defaults or {}), **{k: v for k, v in written.items() if v is not None}}
 
 
 MergeMethodName = Literal[
