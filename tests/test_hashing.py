@@ -289,6 +289,16 @@ def test_a_block_in_a_node_overrides_only_the_fields_it_writes(tmp_path):
     assert changed(before, hashes(specs)) == {"alpha", "beta", "gamma", "delta"}
 
 
+def test_a_node_block_is_checked_once_merged(tmp_path):
+    """`anchor: {kl: 0}` in a node over the personality's `{l2: 0.05, kl: 1}` leaves a pull (l2):
+    valid, although the same block alone would pull nowhere."""
+    personality = default_personality("unused")
+    personality["training"].update(replay={"fraction": 0.5, "source": "general"}, anchor={"l2": 0.05, "kl": 1.0})
+    specs = write_specs(tmp_path, personality=personality, nodes=mutated(delta={"training": {"anchor": {"kl": 0}}}))
+    anchor = load_specs(specs).training_settings("delta").anchor
+    assert (anchor.l2, anchor.kl) == (0.05, 0.0)
+
+
 def test_replay_of_other_nodes_makes_their_examples_an_input(tmp_path):
     nodes = mutated(delta={"training": {"replay": {"fraction": 0.25, "source": "other_nodes"}}})
     specs = write_specs(tmp_path, nodes=nodes)

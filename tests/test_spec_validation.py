@@ -76,6 +76,15 @@ def personality_with(edit: Callable[[dict], None]) -> Callable[[Path], Path]:
     return make
 
 
+def personality_and_nodes_with(edit: Callable[[dict], None], **changes) -> Callable[[Path], Path]:
+    def make(tmp: Path) -> Path:
+        p = default_personality(tmp / "base-model")
+        edit(p)
+        return write_specs(tmp, personality=p, nodes=mutated(**changes))
+
+    return make
+
+
 def raw_file(rel: str, text: str, **changes) -> Callable[[Path], Path]:
     return lambda tmp: write_specs(tmp, nodes=mutated(**changes), files={rel: text})
 
@@ -445,6 +454,20 @@ CASES: dict[str, Case] = {
         "beta",
         "training.learning_rate",
         "greater than 0",
+    ),
+    "node override block field out of range": Case(
+        nodes_with(beta={"training": {"replay": {"fraction": 1.5}}}),
+        BETA,
+        "beta",
+        "training.replay.fraction",
+        "less than 1",
+    ),
+    "node anchor that pulls nowhere once merged with the personality's": Case(
+        personality_and_nodes_with(set_in("training.anchor", {"kl": 1.0}), beta={"training": {"anchor": {"kl": 0}}}),
+        BETA,
+        "beta",
+        "training.anchor",
+        "does nothing",
     ),
     "weight 0": Case(nodes_with(beta={"weight": 0}), BETA, "beta", "weight", "weight 0 links nothing"),
     "weight NaN": Case(nodes_with(beta={"weight": math.nan}), BETA, "beta", "weight", "finite"),
