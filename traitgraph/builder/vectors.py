@@ -26,10 +26,7 @@ from traitgraph.graph.load import Spec
 
 def refines_chain(spec: Spec, node_id: str) -> list[str]:
     """``node_id`` and every node it ``refines``, directly or not, dependencies first."""
-    deps = nx.DiGraph()
-    deps.add_nodes_from(spec.nodes)
-    deps.add_edges_from((node, dep) for node in spec.nodes for dep in spec.dependencies(node))
-    needed = nx.descendants(deps, node_id) | {node_id}
+    needed = nx.ancestors(spec.refines_graph(), node_id) | {node_id}
     return [n for n in spec.build_order() if n in needed]
 
 

@@ -75,7 +75,7 @@ from traitgraph.compiler.weights import (  # noqa: F401 (re-exported for callers
     trainable_parameters,
 )
 from traitgraph.errors import BuildError, UserError
-from traitgraph.graph.replay import BASE_REPLY_TOKENS, REPLAY_PROMPTS_FILE, LocatedExample
+from traitgraph.graph.replay import BASE_REPLY_TOKENS, LocatedExample
 from traitgraph.graph.schema import Example, TrainingSettings
 from traitgraph.graph.target import TrainingTarget
 
@@ -99,12 +99,9 @@ def encode_replay(target: TrainingTarget, tokenizer, replies: Sequence[str] = ()
     prompts paired with ``replies``, the base's answers to them)."""
     max_length = target.settings.max_length
     if target.replay.prompts:
-        origins = target.replay.prompt_origins or tuple(
-            f"replay prompt {i + 1} ({REPLAY_PROMPTS_FILE})" for i in range(len(target.replay.prompts))
-        )
         pairs = [
             LocatedExample(Example(context=p, response=r), where)
-            for p, r, where in zip(target.replay.prompts, replies, origins, strict=True)
+            for p, r, where in zip(target.replay.prompts, replies, target.replay.prompt_origins, strict=True)
             if r
         ]
         if not pairs:

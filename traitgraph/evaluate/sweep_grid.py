@@ -65,7 +65,7 @@ def _put(document: dict[str, Any], keys: list[str], value: Any, path: str, model
     where = document
     for i, key in enumerate(keys):
         fields = _fields_by_name(model) if model is not None else None
-        if fields is not None and key not in fields or not isinstance(where, dict):
+        if not isinstance(where, dict) or (fields is not None and key not in fields):
             known = ", ".join(sorted(fields)) if fields is not None else "none (not a mapping)"
             raise UserError(f"--set {path}: unknown field '{'.'.join(keys[: i + 1])}'; known here: {known}")
         if i == len(keys) - 1:

@@ -75,9 +75,7 @@ class Spec:
 
     def training_settings(self, node_id: str) -> TrainingSettings:
         """The node's effective training settings: defaults merged with its overrides."""
-        overrides = self.nodes[node_id].spec.training
-        defaults = self.personality.training
-        return overrides.apply(defaults) if overrides is not None else defaults
+        return merged_training(self.nodes[node_id].spec, self.personality)
 
     def dependencies(self, node_id: str) -> list[str]:
         """Nodes whose task vectors this node trains on top of (its ``refines`` targets)."""
@@ -99,14 +97,23 @@ class Spec:
                 g.add_edge(node_id, edge.to, kind=edge.kind)
         return g
 
-    def build_order(self) -> list[str]:
-        """Node ids with every dependency before its dependents (ties broken by id)."""
+    def refines_graph(self) -> nx.DiGraph:
+        """Every node, with an edge from each ``refines`` target to the node that trains on top of it."""
         deps = nx.DiGraph()
         deps.add_nodes_from(self.nodes)
         for node_id in self.nodes:
             for dep in self.dependencies(node_id):
                 deps.add_edge(dep, node_id)
-        return list(nx.lexicographical_topological_sort(deps))
+        return deps
+
+    def build_order(self) -> list[str]:
+        """Node ids with every dependency before its dependents (ties broken by id)."""
+        return list(nx.lexicographical_topological_sort(self.refines_graph()))
+
+
+def merged_training(node: NodeSpec, personality: Personality) -> TrainingSettings:
+    """A node's effective training settings: the personality's with the node's overrides laid over."""
+    return node.training.apply(personality.training) if node.training is not None else personality.training
 
 
 # --------------------------------------------------------------------------- helpers
@@ -377,9 +384,8 @@ def _effective_training(
     invalid (each block valid alone, not together) is a problem naming the node."""
     settings = {}
     for node_id, node in sorted(nodes.items()):
-        overrides = node.spec.training
         try:
-            settings[node_id] = overrides.apply(personality.training) if overrides is not None else personality.training
+            settings[node_id] = merged_training(node.spec, personality)
         except ValidationError as exc:
             for err in exc.errors():
                 where = ".".join(str(part) for part in ("training", *err["loc"]))

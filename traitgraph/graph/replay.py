@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import networkx as nx
+
 from traitgraph.errors import UserError
 from traitgraph.graph.schema import Example, TrainingSettings
 
@@ -67,7 +69,8 @@ class ReplayPool:
     text: tuple[str, ...] = ()
     examples: tuple[LocatedExample, ...] = ()
     prompts: tuple[str, ...] = ()
-    #: where each prompt comes from, for error messages (the shipped file's line or another node's example)
+    #: where each prompt comes from, for error messages (the shipped file's line or another node's example);
+    #: one for each prompt
     prompt_origins: tuple[str, ...] = ()
 
     def __len__(self) -> int:
@@ -137,20 +140,14 @@ def contrast_nodes(spec, node_id: str) -> list[str]:
     """The nodes whose contexts ``node_id`` replays with ``source: contrast``, by id: every
     other node except those it ``refines`` or that refine it, directly or not (a node trains
     on top of its parents' vectors; the base's answers on their situations would undo them)."""
-    family = _refines_ancestors(spec, node_id) | {n for n in spec.nodes if node_id in _refines_ancestors(spec, n)}
-    return [other for other in sorted(spec.nodes) if other != node_id and other not in family]
+    refines = spec.refines_graph()
+    family = nx.ancestors(refines, node_id) | nx.descendants(refines, node_id) | {node_id}
+    return [other for other in sorted(spec.nodes) if other not in family]
 
 
-def _refines_ancestors(spec, node_id: str) -> set[str]:
-    """The nodes ``node_id`` trains on top of, through any chain of ``refines`` edges."""
-    found: set[str] = set()
-    todo = list(spec.dependencies(node_id))
-    while todo:
-        parent = todo.pop()
-        if parent not in found:
-            found.add(parent)
-            todo.extend(spec.dependencies(parent))
-    return found
+def shipped_prompt_origins(prompts: tuple[str, ...]) -> tuple[str, ...]:
+    """Where each shipped replay prompt comes from, for error messages."""
+    return tuple(f"replay prompt {i + 1} ({REPLAY_PROMPTS_FILE})" for i in range(len(prompts)))
 
 
 def contrast_pool(spec, node_id: str) -> ReplayPool:
@@ -159,8 +156,8 @@ def contrast_pool(spec, node_id: str) -> ReplayPool:
     and without the node's own contexts; each prompt with where it comes from."""
     own = {ex.context for ex in spec.nodes[node_id].examples}
     shipped = shipped_text(REPLAY_PROMPTS_FILE)
-    prompts = [p for p in shipped if p not in own]
-    origins = [f"replay prompt {i + 1} ({REPLAY_PROMPTS_FILE})" for i, p in enumerate(shipped) if p not in own]
+    kept = [(p, where) for p, where in zip(shipped, shipped_prompt_origins(shipped)) if p not in own]
+    prompts, origins = [p for p, _ in kept], [where for _, where in kept]
     seen = set(shipped) | own
     for other in contrast_nodes(spec, node_id):
         for located in located_examples(spec.nodes[other]):
@@ -210,7 +207,8 @@ def replay_pool(spec, node_id: str, settings: TrainingSettings) -> ReplayPool:
     if settings.replay.source == "general":
         pool = ReplayPool(text=general_replay_text(settings))
     elif settings.replay.source == "base_replies":
-        pool = ReplayPool(prompts=shipped_text(REPLAY_PROMPTS_FILE))
+        prompts = shipped_text(REPLAY_PROMPTS_FILE)
+        pool = ReplayPool(prompts=prompts, prompt_origins=shipped_prompt_origins(prompts))
     elif settings.replay.source == "contrast":
         pool = contrast_pool(spec, node_id)
     else:

@@ -494,8 +494,10 @@ TRAINING_BLOCKS = ("optimizer", "replay", "monitor", "anchor", "dream")
 
 def _merged_block(key: str, defaults: dict | None, written: dict | None) -> dict | None:
     """A block of the personality's training settings with the fields a node writes laid over it."""
-    if written is None:  # `anchor: null`: off for this node (the optimizer cannot be off)
-        return defaults if key == "optimizer" else ReplaySettings().model_dump() if key == "replay" else None
+    if written is None:  # `anchor: null`: off for this node
+        if key == "optimizer":  # cannot be off: the personality's
+            return defaults
+        return ReplaySettings().model_dump() if key == "replay" else None  # replay off is fraction 0
     return {**(defaults or {}), **{k: v for k, v in written.items() if v is not None}}
 
 
