@@ -78,18 +78,23 @@ class BuildResult:
     stderr: str
 
 
-def run_build(specs: Path, out: Path, cache: Path, *extra: str, check: bool = True) -> BuildResult:
-    """``traitgraph build SPECS -o OUT [extra] -- link``, in this process (as the CLI runs it)."""
+def run_cli(*argv: str, cache: Path) -> BuildResult:
+    """``traitgraph ARGV...`` in this process, as the CLI runs it."""
     from traitgraph.cli import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRAITGRAPH_CACHE", str(cache))
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            code = main(["build", str(specs), "-o", str(out), *extra, "--", "link"])
-    result = BuildResult(code, stdout.getvalue(), stderr.getvalue())
-    if check and code != 0:
-        raise AssertionError(f"build failed ({code}):\n{result.stdout}\n{result.stderr}")
+            code = main(list(argv))
+    return BuildResult(code, stdout.getvalue(), stderr.getvalue())
+
+
+def run_build(specs: Path, out: Path, cache: Path, *extra: str, check: bool = True) -> BuildResult:
+    """``traitgraph build SPECS -o OUT [extra] -- link``, in this process (as the CLI runs it)."""
+    result = run_cli("build", str(specs), "-o", str(out), *extra, "--", "link", cache=cache)
+    if check and result.returncode != 0:
+        raise AssertionError(f"build failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
 
 
@@ -192,18 +197,6 @@ def test_rebuild_rules(project, tmp_path, tiny_base_dir):
     write_specs(specs, tiny_base_dir, nodes)
     run_build(specs, out, cache)
     assert log.last_build()[0] == set()
-
-
-def run_cli(*argv: str, cache: Path) -> BuildResult:
-    """``traitgraph ARGV...`` in this process, as the CLI runs it."""
-    from traitgraph.cli import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRAITGRAPH_CACHE", str(cache))
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            code = main(list(argv))
-    return BuildResult(code, stdout.getvalue(), stderr.getvalue())
 
 
 def test_a_new_linker_relinks_without_training_and_refuses_an_old_lock(project, tmp_path, monkeypatch):
