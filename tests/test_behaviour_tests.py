@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,7 +20,8 @@ import yaml
 
 from traitgraph.cli import main
 from traitgraph.compiler.base_model import ResolvedBase, load_model
-from traitgraph.evaluate.behaviour_tests import GENERAL, collect_tests, select
+from traitgraph.evaluate import behaviour_report
+from traitgraph.evaluate.behaviour_tests import GENERAL, BehaviourTestReport, TestResult, collect_tests, select
 from traitgraph.evaluate.report import REPORT_JSON, REPORT_MD, read_report
 from traitgraph.evaluate.scores import generate, prompt_ids, stop_ids
 from traitgraph.graph import load_specs
@@ -68,6 +70,33 @@ def test_batched_left_padded_generation_equals_an_independent_greedy_loop(tiny_b
     batched = generate(model, tok, chats, max_new_tokens=12, batch_size=3)
     assert batched == [greedy_one_at_a_time(model, tok, c, 12) for c in chats]
     assert all(batched) and len(set(batched)) == 3  # a real, different reply each
+
+
+def _result(case: str, passed: bool, group: str = "voice") -> TestResult:
+    return TestResult(group=group, case=case, prompt="p", reply="r", failures=[] if passed else ["does not say x"])
+
+
+def test_the_report_names_the_tests_linking_lost_and_won():
+    tests = BehaviourTestReport(
+        base=[_result("eval[0]", False), _result("eval[1]", False), _result("1", True, GENERAL)],
+        alone=[_result("eval[0]", True), _result("eval[1]", False)],
+        built=[_result("eval[0]", False), _result("eval[1]", True), _result("1", True, GENERAL)],
+    )
+    assert tests.lost_by_merge() == ["voice::eval[0]"] and tests.won_by_merge() == ["voice::eval[1]"]
+    report = SimpleNamespace(tests=tests)
+    assert behaviour_report.merge_line(report)[0] == (
+        "**Kept in words:** the nodes pass 1/2 of their own tests alone and 1/2 linked; "
+        "linking lost 1 (voice::eval[0]) and won 1 (voice::eval[1])."
+    )
+    table = behaviour_report.tests_table(report).splitlines()
+    assert table[2] == "| voice | 2 | 0/2 (0%) | 1/2 (50%) | **1/2 (50%)** | eval[0] |"
+    assert table[3] == "| (general prompts) | 1 | 1/1 (100%) | – | **1/1 (100%)** | – |"  # no "alone" for them
+    # A report written before the node-alone tests were recorded: no line, and "–" in the column.
+    old = SimpleNamespace(tests=tests.model_copy(update={"alone": []}))
+    assert (
+        behaviour_report.merge_line(old) == []
+        and behaviour_report.tests_table(old).splitlines()[2].split(" | ")[3] == "–"
+    )
 
 
 def _project(root: Path, base: Path, **eval_settings) -> Path:
@@ -167,6 +196,32 @@ def test_traitgraph_test_base_tests_the_base_model(built, capsys):
     assert printed.rstrip().splitlines()[-1].startswith("2 passed, 1 failed")
 
 
+def test_traitgraph_test_alone_tests_one_node_vector_on_the_base(built, tmp_path):
+    specs, out = built
+    alone = _traitgraph("test", str(specs), "-o", str(tmp_path / "nowhere"), "--alone", "pirate", "--no-general")
+    assert alone.returncode == 1, alone.stderr  # eval[1] can never pass
+    lines = alone.stdout.rstrip().splitlines()
+    assert lines[0].endswith("+ pirate alone (weight 1)")
+    assert "pass rate per node:  (base -> pirate alone)" in lines and "  pirate  2/3 -> 2/3" in lines
+
+    unknown = _traitgraph("test", str(specs), "--alone", "parrot")
+    assert unknown.returncode == 2 and "--alone 'parrot': no such node" in unknown.stderr
+    assert "(nodes: pirate)" in unknown.stderr and "Traceback" not in unknown.stderr
+
+    edited = tmp_path / "edited"
+    shutil.copytree(specs, edited)
+    node_file = edited / "nodes" / "pirate.yaml"
+    node = yaml.safe_load(node_file.read_text())
+    node["examples"][0]["response"] += " friend"  # another training hash: no vector of it yet
+    node_file.write_text(yaml.safe_dump(node))
+    untrained = _traitgraph("test", str(edited), "--alone", "pirate")
+    assert untrained.returncode == 2 and "no task vector of pirate as the specs now stand" in untrained.stderr
+    assert f"`traitgraph train {edited} pirate`" in untrained.stderr
+
+    both = _traitgraph("test", str(specs), "--alone", "pirate", "--base")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
 def test_build_report_carries_every_case_base_and_built(built):
     specs, out = built
     report = read_report(out / REPORT_JSON)
@@ -174,12 +229,17 @@ def test_build_report_carries_every_case_base_and_built(built):
     ids = [f"{r.group}::{r.case}" for r in report.tests.built]
     assert ids[:3] == ["pirate::eval[0]", "pirate::eval[1]", "pirate::ood[0]"]
     assert len(ids) == 3 + 30 and [f"{r.group}::{r.case}" for r in report.tests.base] == ids
+    # The node's own tests under the node alone: what linking kept of it in words.
+    assert [f"{r.group}::{r.case}" for r in report.tests.alone] == ids[:3]
+    assert [r.passed for r in report.tests.alone] == [True, False, True]
     (impossible,) = [r for r in report.tests.built if r.case == "eval[1]"]
     assert impossible.failures == ['does not say "xylophone"'] and impossible.prompt == "what do you want"
     general_built = [r.passed for r in report.tests.built if r.group == GENERAL]
     assert general_built == [p.built_ok for p in report.retention.prompts]  # the same rule as retention
     md = (out / REPORT_MD).read_text()
-    assert "## Behaviour tests" in md and "| pirate | 3 |" in md and "figures/tests.png" in md
+    assert "## Behaviour tests" in md and "| pirate | 3 | 2/3 (67%) | 2/3 (67%) | **2/3 (67%)** |" in md
+    assert "figures/tests.png" in md
+    assert "**Kept in words:** the nodes pass 2/3 of their own tests alone and 2/3 linked" in md
     assert "## Out-of-distribution cases" in md
     assert (out / report.figures["tests"]).read_bytes().startswith(PNG_MAGIC)
     ood = report.nodes[0].ood

@@ -3,13 +3,18 @@
     traitgraph test                       # specs/ against out/checkpoint
     traitgraph test specs -o out -k voice # only tests whose id or prompt contains "voice"
     traitgraph test --base                # the base model instead: which tests it already passes
+    traitgraph test --alone voice         # the base plus voice's task vector alone (base + w·τ)
 
 Each eval and ood case with `expect:` is a test (NODE::eval[i], NODE::ood[i]),
 and so is each shipped general prompt (@general::N, its answer expected in the
 reply). Replies are greedy, with the chat template, at most `eval.max_new_tokens`
 tokens (24 for the general prompts). Prints one line per failing test, the pass
 rate per node (base -> built when the build's eval or an earlier `--base` run
-remembered the base's replies) and `N passed, M failed` last. Exit status: 0 all passed, 1 some failed, 2 a user
+remembered the base's replies) and `N passed, M failed` last. `--alone NODE`
+tests the base plus that node's cached vector at its weight (and the vectors
+it refines), as the specs now stand: a test the node passes alone and the
+build fails was lost in linking; one it fails alone is the node's own
+weakness; its replies to the other nodes' prompts show where its habit spills. Exit status: 0 all passed, 1 some failed, 2 a user
 error (nothing built yet, bad specs, no test selected).
 """
 
@@ -29,11 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="only tests whose id (NODE::eval[i]) or prompt contains PATTERN, case-insensitively",
     )
-    parser.add_argument("--base", action="store_true", help="test the personality's base model instead of the build")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--base", action="store_true", help="test the personality's base model instead of the build")
+    which.add_argument(
+        "--alone",
+        metavar="NODE",
+        help="test the base plus NODE's cached task vector alone (base + w·τ, on top of the nodes it refines)",
+    )
     parser.add_argument("--no-general", action="store_true", help="leave out the general-prompt tests")
 
 
 def _model_ref(spec, out: Path, base: bool):
+    """The base (``base``) or the build's checkpoint in ``out``."""
     from traitgraph.compiler.base_model import ResolvedBase, resolve_base
     from traitgraph.errors import UserError
 
@@ -71,9 +83,11 @@ def run(args: argparse.Namespace) -> int:
     from traitgraph.graph import load_specs
 
     spec = load_specs(args.specs_dir)
-    ref = _model_ref(spec, Path(args.out), args.base)
+    on_base = args.base or args.alone is not None
+    ref = _model_ref(spec, Path(args.out), on_base)
+    vectors = _alone_vectors(spec, args.alone, ref) if args.alone is not None else []
     tests = _collect(args, spec)
-    if not args.base and not _build_is_current(args):
+    if not on_base and not _build_is_current(args):
         print(
             "note: the specs changed since the last build; testing the checkpoint as it was built "
             "(run `traitgraph build` to rebuild)"
@@ -84,23 +98,58 @@ def run(args: argparse.Namespace) -> int:
     from traitgraph.compiler.base_model import load_model
     from traitgraph.evaluate.behaviour_tests import check_tests, reply_all
     from traitgraph.evaluate.run import ModelScorer
-    from traitgraph.evaluate.scores import generate
+    from traitgraph.evaluate.scores import generate, vectors_applied
     from traitgraph.evaluate.threads import eval_threads
 
     torch.set_num_threads(eval_threads())
     start = time.perf_counter()
     model, tokenizer = load_model(ref)
-    print(f"{len(tests)} behaviour tests on {ref.path}{' (base)' if args.base else ''}", flush=True)
+    print(f"{len(tests)} behaviour tests on {_model_label(args, spec, ref)}", flush=True)
     if args.base:  # remembered, so later runs on the build can show the base's pass rate beside theirs
         memo = _base_memo(spec)
         replies = reply_all(tests, ModelScorer(model, tokenizer, memo).replies)
         memo.save()
     else:
-        replies = reply_all(tests, lambda chats, budget: generate(model, tokenizer, chats, max_new_tokens=budget))
+        with vectors_applied(model, vectors):
+            replies = reply_all(tests, lambda chats, budget: generate(model, tokenizer, chats, max_new_tokens=budget))
     results = check_tests(tests, replies)
     base = None if args.base else _remembered_base_results(spec, tests)
-    print(render_results(results, time.perf_counter() - start, base))
+    tested = f"{args.alone} alone" if args.alone is not None else "built"
+    print(render_results(results, time.perf_counter() - start, base, tested))
     return 0 if all(r.passed for r in results) else 1
+
+
+def _model_label(args: argparse.Namespace, spec, ref) -> str:
+    if args.base:
+        return f"{ref.path} (base)"
+    if args.alone is not None:
+        return f"{ref.path} + {args.alone} alone (weight {spec.nodes[args.alone].spec.weight:g})"
+    return str(ref.path)
+
+
+def _alone_vectors(spec, node_id: str, base) -> list[tuple[Path, float]]:
+    """``(τ file, α)`` of ``node_id`` at its weight on top of the nodes it refines (weight 1), from the
+    cache as the specs now stand; a node not in the specs, or a vector not trained yet, is a user error."""
+    from traitgraph.builder.cache import VectorCache
+    from traitgraph.builder.vectors import refines_chain
+    from traitgraph.errors import UserError
+    from traitgraph.graph.hashing import node_hashes
+
+    if node_id not in spec.nodes:
+        raise UserError(
+            f"--alone {node_id!r}: no such node in {spec.specs_dir} (nodes: {', '.join(sorted(spec.nodes))})"
+        )
+    cache, hashes = VectorCache(), node_hashes(spec, base.fingerprint)
+    chain = refines_chain(spec, node_id)
+    missing = [n for n in chain if not cache.is_fresh(hashes[n])]
+    if missing:
+        raise UserError(
+            f"--alone {node_id!r}: no task vector of {', '.join(missing)} as the specs now stand in the cache "
+            f"{cache.vectors}; train it first (`traitgraph build {spec.specs_dir}` or "
+            f"`traitgraph train {spec.specs_dir} {missing[0]}`)"
+        )
+    weight = spec.nodes[node_id].spec.weight
+    return [(cache.verify(hashes[n]), weight if n == node_id else 1.0) for n in chain]
 
 
 def _build_is_current(args: argparse.Namespace) -> bool:
@@ -138,16 +187,16 @@ def _remembered_base_results(spec, tests):
     return check_tests(tests, memo.lookup("reply", items, lambda missing: []))
 
 
-def render_results(results, seconds: float, base=None) -> str:
+def render_results(results, seconds: float, base=None, tested: str = "built") -> str:
     """Failing tests one per line, a pass rate per node (the base's beside it when known),
-    then ``N passed, M failed in S s``."""
+    then ``N passed, M failed in S s``; ``tested`` names the model in the pass-rate header."""
     from traitgraph.evaluate.behaviour_tests import failure_line, group_label, pass_rates, summary_line
 
     lines = [failure_line(r) for r in results if not r.passed]
     rates = pass_rates(results)
     base_rates = pass_rates(base) if base is not None else {}
     width = max(len(group_label(g)) for g in rates)
-    lines += ["", "pass rate per node:" + ("  (base -> built)" if base_rates else "")]
+    lines += ["", "pass rate per node:" + (f"  (base -> {tested})" if base_rates else "")]
     for g, (p, t) in rates.items():
         before = f"{base_rates[g][0]}/{t} -> " if g in base_rates else ""
         lines.append(f"  {group_label(g):<{width}}  {before}{p}/{t}")

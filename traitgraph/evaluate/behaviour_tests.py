@@ -31,7 +31,7 @@ from traitgraph.evaluate.expectations import check_reply
 from traitgraph.graph.schema import EvalSettings, Expectation
 
 #: Bump when what a test checks changes: reports made before are redone (remembered replies are kept).
-BEHAVIOUR_TESTS_VERSION = 1
+BEHAVIOUR_TESTS_VERSION = 2
 #: The group of the general-prompt tests (not a valid node id, so never a node's name).
 GENERAL = "@general"
 GENERAL_LABEL = "(general prompts)"
@@ -251,17 +251,42 @@ def _gate(name: str, what: str, passed: int, total: int, floor: float, failing: 
 
 
 class BehaviourTestReport(BaseModel):
-    """Every behaviour test under the base and under the built checkpoint (``report.json``'s ``tests``)."""
+    """Every behaviour test under the base and under the built checkpoint, and each node's own
+    tests under that node alone (``report.json``'s ``tests``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     base: list[TestResult] = Field(default_factory=list)
     built: list[TestResult] = Field(default_factory=list)
+    alone: list[TestResult] = Field(
+        default_factory=list,
+        description="Each node's own tests under base + w·τ of that node alone (empty in reports written before it was recorded).",
+    )
 
-    def rows(self) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
-        """``(group, (base passed, total), (built passed, total))`` per group, in test order."""
-        base, built = pass_rates(self.base), pass_rates(self.built)
-        return [(g, base.get(g, (0, 0)), built[g]) for g in built]
+    def rows(self) -> list[tuple[str, tuple[int, int], tuple[int, int] | None, tuple[int, int]]]:
+        """``(group, base (passed, total), alone (passed, total) or None, built (passed, total))``
+        per group, in test order; alone is None for the general prompts and in old reports."""
+        base, alone, built = pass_rates(self.base), pass_rates(self.alone), pass_rates(self.built)
+        return [(g, base.get(g, (0, 0)), alone.get(g), built[g]) for g in built]
+
+    def lost_by_merge(self) -> list[str]:
+        """Ids of the tests a node passes alone and the built model fails: what linking cost in words."""
+        return _flipped(self.alone, self.built)
+
+    def won_by_merge(self) -> list[str]:
+        """Ids of the tests a node fails alone and the built model passes."""
+        return _flipped(self.built, self.alone)
 
     def gates(self, settings: EvalSettings) -> list[TestGate]:
         return pass_rate_gates(settings, self.built)
+
+
+def _flipped(passing: Sequence[TestResult], failing: Sequence[TestResult]) -> list[str]:
+    """Ids passed in ``passing`` and failed in ``failing`` (tests present in both), in ``failing``'s order.
+
+    >>> ok, bad = TestResult(group="a", case="0", prompt="", reply=""), ["x"]
+    >>> _flipped([ok], [ok.model_copy(update={"failures": bad})])
+    ['a::0']
+    """
+    passed = {r.id for r in passing if r.passed}
+    return [r.id for r in failing if not r.passed and r.id in passed]

@@ -17,6 +17,8 @@ from traitgraph.atomic import atomic_path
 from traitgraph.graph.draw import NEGATIVE, POSITIVE, draw_graph
 
 GREY = "#8a8f98"
+#: A node alone (base + w·τ), a paler shade of the built model's green.
+ALONE = "#a8d5b0"
 
 
 def _pyplot():
@@ -231,7 +233,7 @@ def draw_figures(report, figures_dir: Path) -> dict[str, Path]:
 
 
 def plot_test_pass_rates(report, png: Path) -> Path | None:
-    """Pass rate per node (and the general prompts), base beside built, as a bar chart."""
+    """Pass rate per node (and the general prompts): base, node alone and built side by side."""
     if report.tests is None or not report.tests.built:
         return None
     from traitgraph.evaluate.behaviour_tests import group_label
@@ -240,10 +242,14 @@ def plot_test_pass_rates(report, png: Path) -> Path | None:
     plt = _pyplot()
     from matplotlib.patches import Patch
 
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
-    width = 0.38
-    for i, (_, base, built) in enumerate(rows):
-        for x, (passed, total), colour in ((i - width / 2, base, GREY), (i + width / 2, built, POSITIVE)):
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows) + 2), 4.5))
+    width = 0.27
+    for i, (_, base, alone, built) in enumerate(rows):
+        bars = ((i - width, base, GREY), (i, alone, ALONE), (i + width, built, POSITIVE))
+        for x, counts, colour in bars:
+            if counts is None:  # the general prompts have no "alone"
+                continue
+            passed, total = counts
             value = 100 * passed / total if total else 0.0
             ax.bar(x, value, width, color=colour)
             ax.annotate(
@@ -251,19 +257,23 @@ def plot_test_pass_rates(report, png: Path) -> Path | None:
                 (x, value),
                 ha="center",
                 va="bottom",
-                fontsize=7,
+                fontsize=6,
                 xytext=(0, 2),
                 textcoords="offset points",
             )
-    handles = [Patch(color=GREY, label="base"), Patch(color=POSITIVE, label="built")]
+    handles = [
+        Patch(color=GREY, label="base"),
+        Patch(color=ALONE, label="node alone"),
+        Patch(color=POSITIVE, label="built"),
+    ]
     floor = report.settings.min_test_pass_rate
     if floor > 0:
         handles.append(ax.axhline(100 * floor, color="black", ls=":", lw=1.2, label=f"gate {floor:.0%}"))
-    ax.set_xticks(range(len(rows)), [group_label(g) for g, _, _ in rows], rotation=20, ha="right")
+    ax.set_xticks(range(len(rows)), [group_label(g) for g, *_ in rows], rotation=20, ha="right")
     ax.set_ylim(0, 115)
     ax.set_ylabel("tests passed (%)")
-    ax.set_title("Behaviour tests passed per node: base vs built")
-    ax.legend(handles=handles, fontsize=8, frameon=False, loc="upper right", ncol=3)
+    ax.set_title("Behaviour tests passed per node: base, node alone, built")
+    ax.legend(handles=handles, fontsize=8, frameon=False, loc="upper right", ncol=4)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, png)
 

@@ -235,26 +235,44 @@ def _load_base(work: _Work) -> tuple[_BaseOnDemand, str]:
     return _BaseOnDemand(base_ref), base_ref.fingerprint
 
 
-def _score_alone(base: _BaseOnDemand, fingerprint: str, work: _Work) -> dict[str, list]:
-    """Each node's cases under base + w·τ (on top of the parents it refines), remembered by the recipe."""
+@dataclass
+class _AloneScores:
+    """Each node under base + w·τ alone: its cases' scores and its own behaviour tests."""
+
+    cases: dict[str, list]
+    tests: list
+
+
+def _score_alone(base: _BaseOnDemand, fingerprint: str, work: _Work) -> _AloneScores:
+    """Each node's cases and own tests under base + w·τ (on top of the parents it refines),
+    remembered by the recipe: the base is loaded only for a node whose scores are not."""
     from traitgraph.evaluate.scores import vectors_applied
 
-    by_id, out = work.by_id, {}
+    by_id, out = work.by_id, _AloneScores(cases={}, tests=[])
     for n in work.order:
         weight = by_id[n].weight
         deps = [d for d in work.plan.spec.dependencies(n) if d in by_id]  # trained on top of these (weight 1)
         applied = [(work.vectors[d], 1.0) for d in deps] + [(work.vectors[n], weight)]
         recipe = [[by_id[d].vector_sha256, 1.0] for d in deps] + [[by_id[n].vector_sha256, weight]]
         memo = ScoreMemo(work.memo_dir, f"alone {fingerprint} {canonical(recipe)}")
-        cases = work.cases(n)
-        if memo.has_all("case", [case_item(c) for c in cases]):
-            out[n] = ModelScorer(None, None, memo).cases(cases)
-            continue
-        model, tokenizer = base.get()
-        with vectors_applied(model, applied):
-            out[n] = ModelScorer(model, tokenizer, memo).cases(cases)
-        memo.save()
+        cases, tests = work.cases(n), [t for t in work.tests if t.group == n]
+        remembered = memo.has_all("case", [case_item(c) for c in cases]) and memo.has_all(
+            "reply", [[t.messages(), t.max_new_tokens] for t in tests]
+        )
+        if remembered:
+            scores, results = _scores_and_tests(ModelScorer(None, None, memo), cases, tests)
+        else:
+            model, tokenizer = base.get()
+            with vectors_applied(model, applied):
+                scores, results = _scores_and_tests(ModelScorer(model, tokenizer, memo), cases, tests)
+            memo.save()
+        out.cases[n] = scores
+        out.tests += results
     return out
+
+
+def _scores_and_tests(scorer: ModelScorer, cases: list, tests: list) -> tuple[list, list]:
+    return scorer.cases(cases), answer_tests(tests, scorer.replies)
 
 
 def _score_references(
@@ -285,7 +303,7 @@ def _load_linked(plan: BuildPlan):
 def _assemble(
     work: _Work,
     base: _ModelScores,
-    alone: dict[str, list],
+    alone: _AloneScores,
     linked: _ModelScores,
     interference,
     clock: _Clock,
@@ -296,14 +314,14 @@ def _assemble(
     samples = samples_by_node(work.sample_cases, base.samples, linked.samples)
     traces = training_traces(work.vectors, work.notes)
     nodes = [
-        with_ood(spec, n, by_id[n].weight, base.cases[n], alone[n], linked.cases[n], samples[n], traces[n])
+        with_ood(spec, n, by_id[n].weight, base.cases[n], alone.cases[n], linked.cases[n], samples[n], traces[n])
         for n in work.order
     ]
     nodes = [with_joint(with_trimmed(n, extra["trimmed"].get(n.id)), extra["joint"].get(n.id)) for n in nodes]
     kept = retention(
         general_text_file(spec), work.lines, base.text, linked.text, work.prompts, base.answers, linked.answers
     )
-    tests = BehaviourTestReport(base=base.tests, built=linked.tests)
+    tests = BehaviourTestReport(base=base.tests, alone=alone.tests, built=linked.tests)
     gates = check_gates(settings, nodes, kept) + [
         Gate(name=g.name, passed=g.passed, message=g.message) for g in tests.gates(settings)
     ]
@@ -362,7 +380,7 @@ def _evaluate(plan: BuildPlan, progress: bool) -> EvalReport:
         scorer.memo.save()
     with clock.phase("score each node alone"):
         alone = _score_alone(base_model, fingerprint, work)
-    extra = _score_references(base_model, fingerprint, work, clock, alone)
+    extra = _score_references(base_model, fingerprint, work, clock, alone.cases)
     del base_model, scorer
     with clock.phase("load linked checkpoint"):
         model, tokenizer = _load_linked(plan)
