@@ -263,6 +263,32 @@ def test_base_replies_source_is_in_the_training_hash(tiny_specs):
     assert pirate_hash("base_replies") != pirate_hash("general")
 
 
+def test_base_replies_leave_out_a_prompt_that_is_one_of_the_nodes_own_contexts(tiny_base_dir, tmp_path, monkeypatch):
+    """A node whose example asks a shipped replay prompt learns its own response there: the base's
+    answer to the same prompt would pull the other way in the same batches."""
+    from conftest import write_tiny_specs
+
+    monkeypatch.setenv("TRAITGRAPH_CACHE", str(tmp_path / "cache"))
+    base_dir = _talkative_base(tiny_base_dir, tmp_path / "talkative")
+    shipped = [line.strip() for line in _data("replay_prompts.txt").splitlines() if line.strip()]
+    pirate = pirate_node()
+    pirate["examples"].append({"context": shipped[0], "response": "arr, ask the captain"})
+    training = {
+        "learning_rate": 1e-3,
+        "steps": -(-len(shipped) // 3),  # three replay rows a step: the whole pool is drawn once
+        "batch_size": 4,
+        "replay": {"fraction": 0.75, "source": "base_replies"},
+    }
+    spec = load_specs(write_tiny_specs(tmp_path, base_dir, {"pirate": pirate}, training))
+    base = resolve_base(spec.personality.base, spec.specs_dir)
+    batches = _spy_batches(monkeypatch)
+    train_node(resolve_target(spec, "pirate", base.fingerprint), base, tmp_path / "p.safetensors", progress=False)
+    _, tok = load_model(base)
+    contexts = [tok.decode(row.context, skip_special_tokens=True) for rows in batches for row in rows[1:]]
+    replayed = {p for p in shipped if any(p in c for c in contexts)}
+    assert replayed == set(shipped[1:])  # every other shipped prompt, and not the node's own
+
+
 def test_contrast_replays_the_other_nodes_contexts_answered_by_the_base(tiny_base_dir, tmp_path, monkeypatch):
     """``source: contrast``: the shipped replay prompts and every other node's contexts (the
     subtracted node's too), each with the *base's* answer, never the other node's response."""

@@ -47,7 +47,9 @@ from traitgraph.graph.replay import (
     GENERAL_REPLAY_FILE,
     REPLAY_PROMPTS_FILE,
     contrast_pool,
+    own_contexts,
     replay_nodes,
+    shipped_text,
 )
 from traitgraph.graph.schema import TrainingSettings
 from traitgraph.versions import TRAINER_VERSION
@@ -85,7 +87,11 @@ def _replay_payload(spec: Spec, node_id: str, settings: TrainingSettings) -> dic
     if settings.replay.source == "general":
         return {"replay_text": shipped_file_hash(GENERAL_REPLAY_FILE)}
     if settings.replay.source == "base_replies":  # the replies are the base's: its fingerprint is hashed already
-        return {"base_replies": shipped_file_hash(REPLAY_PROMPTS_FILE), "reply_tokens": BASE_REPLY_TOKENS}
+        payload = {"base_replies": shipped_file_hash(REPLAY_PROMPTS_FILE), "reply_tokens": BASE_REPLY_TOKENS}
+        left_out = sorted(own_contexts(spec, node_id) & set(shipped_text(REPLAY_PROMPTS_FILE)))
+        # Only a node that shares a context with the shipped prompts hashes the ones left out, so
+        # every other node keeps its hash (and its cached vector) across this rule's arrival.
+        return {**payload, "left_out": left_out} if left_out else payload
     if settings.replay.source == "contrast":  # the other nodes' contexts only: their responses are never replayed
         return {
             "contrast_prompts": sha256_hex(canonical_json(contrast_pool(spec, node_id).prompts)),

@@ -13,7 +13,9 @@
                 ordinary questions and requests, disjoint from the retention
                 prompts), each answered by the *base* model itself, greedily,
                 when the node trains (cached per base): the node learns its
-                behaviour while ordinary requests keep the base's own answers
+                behaviour while ordinary requests keep the base's own answers.
+                A prompt equal to one of the node's own contexts is left out
+                (the node's response is what it learns there)
 ``other_nodes`` the training examples of every other node with a *positive*
                 weight, by id. A node with a negative weight is one the user
                 wants removed; replaying its examples as targets would train
@@ -150,15 +152,33 @@ def shipped_prompt_origins(prompts: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f"replay prompt {i + 1} ({REPLAY_PROMPTS_FILE})" for i in range(len(prompts)))
 
 
+def own_contexts(spec, node_id: str) -> set[str]:
+    """The one-message contexts of the node's own examples."""
+    return {ex.context for ex in spec.nodes[node_id].examples if ex.context is not None}
+
+
+def shipped_prompts_without(own: set[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The shipped replay prompts that are not in ``own``, and where each comes from."""
+    shipped = shipped_text(REPLAY_PROMPTS_FILE)
+    kept = [(p, where) for p, where in zip(shipped, shipped_prompt_origins(shipped)) if p not in own]
+    return tuple(p for p, _ in kept), tuple(where for _, where in kept)
+
+
+def base_replies_pool(spec, node_id: str) -> ReplayPool:
+    """The pool of ``source: base_replies``: the shipped replay prompts, less any that is one of
+    the node's own contexts (the node's response is what it should learn there, not the base's)."""
+    prompts, origins = shipped_prompts_without(own_contexts(spec, node_id))
+    return ReplayPool(prompts=prompts, prompt_origins=origins)
+
+
 def contrast_pool(spec, node_id: str) -> ReplayPool:
     """The pool of ``source: contrast``: the shipped replay prompts, then each contrast
     node's one-message example contexts (by node id, in example order), without repeats
     and without the node's own contexts; each prompt with where it comes from."""
-    own = {ex.context for ex in spec.nodes[node_id].examples}
-    shipped = shipped_text(REPLAY_PROMPTS_FILE)
-    kept = [(p, where) for p, where in zip(shipped, shipped_prompt_origins(shipped)) if p not in own]
-    prompts, origins = [p for p, _ in kept], [where for _, where in kept]
-    seen = set(shipped) | own
+    own = own_contexts(spec, node_id)
+    shipped, shipped_origins = shipped_prompts_without(own)
+    prompts, origins = list(shipped), list(shipped_origins)
+    seen = set(shipped_text(REPLAY_PROMPTS_FILE)) | own
     for other in contrast_nodes(spec, node_id):
         for located in located_examples(spec.nodes[other]):
             context = located.example.context
@@ -207,8 +227,7 @@ def replay_pool(spec, node_id: str, settings: TrainingSettings) -> ReplayPool:
     if settings.replay.source == "general":
         pool = ReplayPool(text=general_replay_text(settings))
     elif settings.replay.source == "base_replies":
-        prompts = shipped_text(REPLAY_PROMPTS_FILE)
-        pool = ReplayPool(prompts=prompts, prompt_origins=shipped_prompt_origins(prompts))
+        pool = base_replies_pool(spec, node_id)
     elif settings.replay.source == "contrast":
         pool = contrast_pool(spec, node_id)
     else:
