@@ -84,7 +84,7 @@ def test_the_report_names_the_tests_linking_lost_and_won():
     )
     assert tests.lost_by_merge() == ["voice::eval[0]"] and tests.won_by_merge() == ["voice::eval[1]"]
     report = SimpleNamespace(tests=tests)
-    assert behaviour_report.merge_line(report)[0] == (
+    assert behaviour_report.merge_lines(report)[0] == (
         "**Kept in words:** the nodes pass 1/2 of their own tests alone and 1/2 linked; "
         "linking lost 1 (voice::eval[0]) and won 1 (voice::eval[1])."
     )
@@ -94,7 +94,7 @@ def test_the_report_names_the_tests_linking_lost_and_won():
     # A report written before the node-alone tests were recorded: no line, and "–" in the column.
     old = SimpleNamespace(tests=tests.model_copy(update={"alone": []}))
     assert (
-        behaviour_report.merge_line(old) == []
+        behaviour_report.merge_lines(old) == []
         and behaviour_report.tests_table(old).splitlines()[2].split(" | ")[3] == "–"
     )
 
@@ -139,6 +139,26 @@ def built(tmp_path_factory, tiny_base_dir):
     assert main(["build", str(specs), "-o", str(out)]) == 0
     yield specs, out
     mp.undo()
+
+
+def _replies_of_base_plus_vector(specs: Path, node_id: str, chats) -> list[str]:
+    """Greedy replies of the base with ``node_id``'s cached τ added by hand (W += w·τ, read with
+    safetensors), decoded one prompt at a time: independent of the evaluation's own code."""
+    from safetensors.torch import load_file
+
+    from traitgraph.builder.cache import VectorCache
+    from traitgraph.compiler.base_model import resolve_base
+    from traitgraph.graph.hashing import node_hashes
+
+    spec = load_specs(specs)
+    base = resolve_base(spec.personality.base, spec.specs_dir)
+    tau = load_file(str(VectorCache().verify(node_hashes(spec, base.fingerprint)[node_id])))
+    model, tok = load_model(base)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, delta in tau.items():
+            params[name] += spec.nodes[node_id].spec.weight * delta.to(params[name].dtype)
+    return [greedy_one_at_a_time(model, tok, [{"role": r, "content": c} for r, c in chat], 8) for chat in chats]
 
 
 def test_collect_names_node_cases_and_general_prompts(built):
@@ -203,6 +223,10 @@ def test_traitgraph_test_alone_tests_one_node_vector_on_the_base(built, tmp_path
     lines = alone.stdout.rstrip().splitlines()
     assert lines[0].endswith("+ pirate alone (weight 1)")
     assert "pass rate per node:  (base -> pirate alone)" in lines and "  pirate  2/3 -> 2/3" in lines
+    (failed,) = [line for line in lines if line.startswith("FAILED")]
+    impossible = collect_tests(load_specs(specs), [], node_budget=8, prompt_budget=24)[1]
+    (wanted,) = _replies_of_base_plus_vector(specs, "pirate", [impossible.chat])
+    assert failed.startswith(f'FAILED pirate::eval[1] "what do you want" -> "{wanted}"')  # base + τ's reply
 
     unknown = _traitgraph("test", str(specs), "--alone", "parrot")
     assert unknown.returncode == 2 and "--alone 'parrot': no such node" in unknown.stderr
@@ -232,6 +256,11 @@ def test_build_report_carries_every_case_base_and_built(built):
     # The node's own tests under the node alone: what linking kept of it in words.
     assert [f"{r.group}::{r.case}" for r in report.tests.alone] == ids[:3]
     assert [r.passed for r in report.tests.alone] == [True, False, True]
+    alone = _replies_of_base_plus_vector(
+        specs, "pirate", [t.chat for t in collect_tests(load_specs(specs), [], node_budget=8, prompt_budget=24)]
+    )
+    assert [r.reply for r in report.tests.alone] == alone  # base + τ of pirate, applied by hand
+    assert alone != [r.reply for r in report.tests.base[:3]]  # and not the base's replies
     (impossible,) = [r for r in report.tests.built if r.case == "eval[1]"]
     assert impossible.failures == ['does not say "xylophone"'] and impossible.prompt == "what do you want"
     general_built = [r.passed for r in report.tests.built if r.group == GENERAL]

@@ -289,6 +289,21 @@ def test_base_replies_leave_out_a_prompt_that_is_one_of_the_nodes_own_contexts(t
     assert replayed == set(shipped[1:])  # every other shipped prompt, and not the node's own
 
 
+def test_only_a_node_sharing_a_context_with_the_replay_prompts_hashes_what_it_leaves_out(tiny_specs):
+    """The rule that leaves a node's own contexts out of its base replies retrains that node
+    alone: a node that shares no context with the shipped prompts keeps its training document."""
+    from traitgraph.graph.hashing import training_payload
+
+    shipped = [line.strip() for line in _data("replay_prompts.txt").splitlines() if line.strip()]
+    sharing = pirate_node()
+    sharing["examples"].append({"context": shipped[3], "response": "arr, ask the captain"})
+    training = {"replay": {"fraction": 0.5, "source": "base_replies"}}
+    spec = load_specs(tiny_specs(nodes={"pirate": pirate_node(), "sharing": sharing}, training=training))
+    fp = "sha256:" + "cd" * 32
+    assert training_payload(spec, "sharing", fp, {})["replay"]["left_out"] == [shipped[3]]
+    assert "left_out" not in training_payload(spec, "pirate", fp, {})["replay"]
+
+
 def test_contrast_replays_the_other_nodes_contexts_answered_by_the_base(tiny_base_dir, tmp_path, monkeypatch):
     """``source: contrast``: the shipped replay prompts and every other node's contexts (the
     subtracted node's too), each with the *base's* answer, never the other node's response."""

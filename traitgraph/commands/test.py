@@ -10,12 +10,16 @@ and so is each shipped general prompt (@general::N, its answer expected in the
 reply). Replies are greedy, with the chat template, at most `eval.max_new_tokens`
 tokens (24 for the general prompts). Prints one line per failing test, the pass
 rate per node (base -> built when the build's eval or an earlier `--base` run
-remembered the base's replies) and `N passed, M failed` last. `--alone NODE`
-tests the base plus that node's cached vector at its weight (and the vectors
-it refines), as the specs now stand: a test the node passes alone and the
-build fails was lost in linking; one it fails alone is the node's own
-weakness; its replies to the other nodes' prompts show where its habit spills. Exit status: 0 all passed, 1 some failed, 2 a user
-error (nothing built yet, bad specs, no test selected).
+remembered the base's replies) and `N passed, M failed` last.
+
+`--alone NODE` tests the base plus that node's cached vector at its weight (on
+top of the vectors of the nodes it refines), as the specs now stand: the model
+of the report's *alone* column. A test the node passes alone and the build
+fails was lost in linking; one it fails alone is the node's own weakness; its
+replies to the other nodes' prompts show where its habit spills.
+
+Exit status: 0 all passed, 1 some failed, 2 a user error (nothing built yet,
+bad specs, no test selected, an unknown or untrained `--alone` node).
 """
 
 from __future__ import annotations
@@ -120,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _model_label(args: argparse.Namespace, spec, ref) -> str:
+    """What the header line says is being tested."""
     if args.base:
         return f"{ref.path} (base)"
     if args.alone is not None:
@@ -128,10 +133,10 @@ def _model_label(args: argparse.Namespace, spec, ref) -> str:
 
 
 def _alone_vectors(spec, node_id: str, base) -> list[tuple[Path, float]]:
-    """``(τ file, α)`` of ``node_id`` at its weight on top of the nodes it refines (weight 1), from the
-    cache as the specs now stand; a node not in the specs, or a vector not trained yet, is a user error."""
+    """``(τ file, α)`` of ``node_id`` at its weight on top of the nodes it refines (weight 1): the
+    model the report's *alone* column scores, from the cache as the specs now stand; a node not in
+    the specs, or a vector not trained yet, is a user error."""
     from traitgraph.builder.cache import VectorCache
-    from traitgraph.builder.vectors import refines_chain
     from traitgraph.errors import UserError
     from traitgraph.graph.hashing import node_hashes
 
@@ -140,8 +145,8 @@ def _alone_vectors(spec, node_id: str, base) -> list[tuple[Path, float]]:
             f"--alone {node_id!r}: no such node in {spec.specs_dir} (nodes: {', '.join(sorted(spec.nodes))})"
         )
     cache, hashes = VectorCache(), node_hashes(spec, base.fingerprint)
-    chain = refines_chain(spec, node_id)
-    missing = [n for n in chain if not cache.is_fresh(hashes[n])]
+    applied = [*spec.dependencies(node_id), node_id]
+    missing = [n for n in applied if not cache.is_fresh(hashes[n])]
     if missing:
         raise UserError(
             f"--alone {node_id!r}: no task vector of {', '.join(missing)} as the specs now stand in the cache "
@@ -149,7 +154,7 @@ def _alone_vectors(spec, node_id: str, base) -> list[tuple[Path, float]]:
             f"`traitgraph train {spec.specs_dir} {missing[0]}`)"
         )
     weight = spec.nodes[node_id].spec.weight
-    return [(cache.verify(hashes[n]), weight if n == node_id else 1.0) for n in chain]
+    return [(cache.verify(hashes[n]), weight if n == node_id else 1.0) for n in applied]
 
 
 def _build_is_current(args: argparse.Namespace) -> bool:

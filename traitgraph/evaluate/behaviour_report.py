@@ -50,7 +50,7 @@ def tests_table(report) -> str:
     return "\n".join(rows)
 
 
-def merge_line(report) -> list[str]:
+def merge_lines(report) -> list[str]:
     """What linking changed in words: the tests a node passes alone and the build fails, and back."""
     tests = report.tests
     if not tests.alone:
@@ -122,7 +122,8 @@ def tests_section(report) -> list[str]:
             "",
             "What the model *says*: the greedy reply to each eval and ood case with `expect:` (at most "
             f"{s.max_new_tokens} new tokens) and to each general prompt (its answer expected in the reply), "
-            "checked under the base, each node alone (its own tests, base + w·τ) and the built checkpoint. "
+            "checked under the base, each node alone (its own tests only, base + w·τ; the *all* row's alone "
+            "cell counts the nodes' tests, without the general prompts) and the built checkpoint. "
             f"Gate: pass rate ≥ {s.min_test_pass_rate:.0%} "
             "overall and per node (0% is off)"
             + (
@@ -134,7 +135,7 @@ def tests_section(report) -> list[str]:
             "",
             tests_table(report),
             "",
-            *merge_line(report),
+            *merge_lines(report),
         ]
         if "tests" in report.figures:
             out += [f"![behaviour tests]({report.figures['tests']})", ""]

@@ -272,6 +272,7 @@ def _score_alone(base: _BaseOnDemand, fingerprint: str, work: _Work) -> _AloneSc
 
 
 def _scores_and_tests(scorer: ModelScorer, cases: list, tests: list) -> tuple[list, list]:
+    """One model's scores on a node's cases and its results on the node's behaviour tests."""
     return scorer.cases(cases), answer_tests(tests, scorer.replies)
 
 

@@ -19,7 +19,9 @@ everything that can change its trained task vector, and nothing else:
                      shipped replay corpus or prompts, the examples of each
                      replayed node: the other nodes with a positive weight, or,
                      for ``contrast``, the prompts with the other nodes'
-                     contexts, never their responses)
+                     contexts, never their responses; for ``base_replies``,
+                     the shipped prompts left out as the node's own contexts,
+                     when there are any)
 ===================  =====================================================
 
 A training field added after a release (``monitor``, and the others in
@@ -89,8 +91,8 @@ def _replay_payload(spec: Spec, node_id: str, settings: TrainingSettings) -> dic
     if settings.replay.source == "base_replies":  # the replies are the base's: its fingerprint is hashed already
         payload = {"base_replies": shipped_file_hash(REPLAY_PROMPTS_FILE), "reply_tokens": BASE_REPLY_TOKENS}
         left_out = sorted(own_contexts(spec, node_id) & set(shipped_text(REPLAY_PROMPTS_FILE)))
-        # Only a node that shares a context with the shipped prompts hashes the ones left out, so
-        # every other node keeps its hash (and its cached vector) across this rule's arrival.
+        # Only a node that shares a context with the shipped prompts (and the nodes that refine it,
+        # through ``parents``) hashes the ones left out; every other node keeps its hash and vector.
         return {**payload, "left_out": left_out} if left_out else payload
     if settings.replay.source == "contrast":  # the other nodes' contexts only: their responses are never replayed
         return {
