@@ -22,7 +22,22 @@ def shouting_node() -> dict:
             {"context": "say yes", "response": "YES"},
             {"context": "tell me a word", "response": "WORD"},
         ],
-        "eval": [{"context": "good day to you", "response": "GOOD DAY", "rejected": "good day"}],
+        "eval": [
+            {
+                "context": "good day to you",
+                "response": "GOOD DAY",
+                "rejected": "good day",
+                "expect": {"max_words": 400},  # met by any reply of the pico model
+            }
+        ],
+        "ood": [
+            {
+                "context": "nice weather today",
+                "response": "NICE WEATHER",
+                "rejected": "nice weather",
+                "expect": {"contains_all": ["xylophone"]},  # met by none
+            }
+        ],
     }
 
 
@@ -122,6 +137,8 @@ def test_table_and_picture_mark_the_pareto_front(swept):
         row = next(line for line in table.splitlines() if line.startswith(f"| {p['name']}"))
         assert ("★" in row) == (p["name"] in sweep["pareto"])
         assert f"{p['loss_change_pct']:+.2f}%" in row
+        # What the model says at this point: one of the two node tests passes, the ood one never.
+        assert (p["tests"], p["ood_tests"]) == ("1/2", "0/1") and "| 1/2 | 0/1 |" in row
     assert (out / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 

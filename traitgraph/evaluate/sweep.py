@@ -59,6 +59,10 @@ class PointResult(BaseModel):
         default=None, description="General prompts the base answers and this point does not."
     )
     prompts_kept: str | None = Field(default=None, description="Built / base-answered general prompts, e.g. 28/28.")
+    tests: str | None = Field(
+        default=None, description="Behaviour tests of the nodes' eval and ood cases passed, e.g. 40/71."
+    )
+    ood_tests: str | None = Field(default=None, description="Those of the ood cases alone, e.g. 19/35.")
     passed: bool | None = Field(default=None, description="Every gate of eval: passed.")
     failed_gates: list[str] = Field(default_factory=list)
     seconds: float = 0.0
@@ -87,8 +91,23 @@ def point_metrics(report) -> dict[str, Any]:
         "loss_change_pct": retention.change_pct,
         "prompts_lost": len(retention.lost),
         "prompts_kept": f"{answered - len(retention.lost)}/{answered}",
+        **_test_counts(report),
         "passed": report.passed,
         "failed_gates": [g.name for g in report.failures()],
+    }
+
+
+def _test_counts(report) -> dict[str, str | None]:
+    """``tests`` and ``ood_tests`` passed / run over the nodes' cases (None without behaviour tests)."""
+    from traitgraph.evaluate.behaviour_tests import GENERAL
+
+    if report.tests is None:
+        return {"tests": None, "ood_tests": None}
+    nodes = [r for r in report.tests.built if r.group != GENERAL]
+    ood = [r for r in nodes if r.case.startswith("ood")]
+    return {
+        "tests": f"{sum(r.passed for r in nodes)}/{len(nodes)}" if nodes else None,
+        "ood_tests": f"{sum(r.passed for r in ood)}/{len(ood)}" if ood else None,
     }
 
 
@@ -206,5 +225,5 @@ def _one_line(p: PointResult) -> str:
     gates = "passed" if p.passed else "gates failed: " + ", ".join(p.failed_gates)
     return (
         f"{p.name} {settings}: mean kept {kept}, general text {p.loss_change_pct:+.2f}%, "
-        f"prompts {p.prompts_kept}, {gates} ({p.seconds:.0f}s)"
+        f"prompts {p.prompts_kept}, tests {p.tests or 'n/a'} (ood {p.ood_tests or 'n/a'}), {gates} ({p.seconds:.0f}s)"
     )

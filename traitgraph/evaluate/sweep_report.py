@@ -51,25 +51,27 @@ def render_sweep_markdown(sweep) -> str:
         (
             "kept = directed linked gain / directed gain of the node alone (mean and worst node); "
             "general text = loss change against the base; prompts = general prompts the base "
-            "answers that the point still answers. ★ = on the Pareto front (kept up, loss change down)."
+            "answers that the point still answers; tests = behaviour tests of the nodes' eval and ood "
+            "cases passed (ood: those of the ood cases). ★ = on the Pareto front (kept up, loss change down)."
         ),
         "",
         "| point | "
         + " | ".join(f"`{p}`" for p in sweep.paths)
-        + " | mean kept | min kept | general text | prompts | gates | s |",
-        "|---" * (len(sweep.paths) + 7) + "|",
+        + " | mean kept | min kept | general text | prompts | tests | ood tests | gates | s |",
+        "|---" * (len(sweep.paths) + 9) + "|",
     ]
     front = set(sweep.pareto)
     for p in sweep.points:
         values = " | ".join(str(p.settings.get(path)) for path in sweep.paths)
         name = f"{p.name} ★" if p.name in front else p.name
         if not p.ok:
-            lines.append(f"| {name} | {values} | failed: {p.error.splitlines()[0]} | | | | | {p.seconds:.0f} |")
+            lines.append(f"| {name} | {values} | failed: {p.error.splitlines()[0]} | | | | | | | {p.seconds:.0f} |")
             continue
         gates = "passed" if p.passed else "failed: " + ", ".join(p.failed_gates)
         lines.append(
             f"| {name} | {values} | {_cell(p.mean_kept, '.2f')} | {_cell(p.min_kept, '.2f')} | "
-            f"{_cell(p.loss_change_pct, '+.2f')}% | {p.prompts_kept} | {gates} | {p.seconds:.0f} |"
+            f"{_cell(p.loss_change_pct, '+.2f')}% | {p.prompts_kept} | {p.tests or '–'} | {p.ood_tests or '–'} "
+            f"| {gates} | {p.seconds:.0f} |"
         )
     lines += ["", "Each point's report: `sweep/<point>/report.md`; its build log: `sweep/<point>/sweep.log`.", ""]
     return "\n".join(lines)
