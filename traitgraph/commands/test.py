@@ -181,12 +181,13 @@ def _remembered_base_results(spec, tests):
     """The base's results on ``tests`` when a build's eval (or `--base`) remembered every reply; else None."""
     from traitgraph.errors import UserError
     from traitgraph.evaluate.behaviour_tests import check_tests
+    from traitgraph.evaluate.scorer import reply_item
 
     try:
         memo = _base_memo(spec)
     except UserError:
         return None
-    items = [[t.messages(), t.max_new_tokens] for t in tests]
+    items = [reply_item(t.messages(), t.max_new_tokens) for t in tests]
     if not memo.has_all("reply", items):
         return None
     return check_tests(tests, memo.lookup("reply", items, lambda missing: []))

@@ -79,7 +79,7 @@ from traitgraph.evaluate.results import (  # noqa: F401  (node_result re-exporte
     training_traces,
     with_ood,
 )
-from traitgraph.evaluate.scorer import ModelScorer, case_item
+from traitgraph.evaluate.scorer import ModelScorer, case_item, reply_item
 from traitgraph.evaluate.threads import EVAL_THREADS_ENV, eval_threads, torch_threads  # noqa: F401
 from traitgraph.faults import fault_point
 
@@ -257,7 +257,7 @@ def _score_alone(base: _BaseOnDemand, fingerprint: str, work: _Work) -> _AloneSc
         memo = ScoreMemo(work.memo_dir, f"alone {fingerprint} {canonical(recipe)}")
         cases, tests = work.cases(n), [t for t in work.tests if t.group == n]
         remembered = memo.has_all("case", [case_item(c) for c in cases]) and memo.has_all(
-            "reply", [[t.messages(), t.max_new_tokens] for t in tests]
+            "reply", [reply_item(t.messages(), t.max_new_tokens) for t in tests]
         )
         if remembered:
             scores, results = _scores_and_tests(ModelScorer(None, None, memo), cases, tests)

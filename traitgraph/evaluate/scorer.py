@@ -23,6 +23,11 @@ def case_item(case) -> dict[str, Any]:
     return case.model_dump(mode="json")
 
 
+def reply_item(chat, max_new_tokens: int) -> list:
+    """A greedy reply as the memo keys it: the conversation and its token budget."""
+    return [list(chat), max_new_tokens]
+
+
 def _pack(score) -> list:
     """A :class:`~traitgraph.evaluate.scores.CaseScore` as JSON: [nll, tokens, rejected nll, rejected tokens]."""
     r = score.rejected
@@ -74,4 +79,4 @@ class ModelScorer:
             chats = [i[0] for i in items]
             return generate(*self.loaded(), chats, max_new_tokens=max_new_tokens, batch_size=REPLY_BATCH)
 
-        return self.memo.lookup("reply", [[list(c), max_new_tokens] for c in chats], compute)
+        return self.memo.lookup("reply", [reply_item(c, max_new_tokens) for c in chats], compute)

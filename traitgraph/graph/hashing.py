@@ -48,8 +48,8 @@ from traitgraph.graph.replay import (
     BASE_REPLY_TOKENS,
     GENERAL_REPLAY_FILE,
     REPLAY_PROMPTS_FILE,
+    base_replies_pool,
     contrast_pool,
-    own_contexts,
     replay_nodes,
     shipped_text,
 )
@@ -90,7 +90,8 @@ def _replay_payload(spec: Spec, node_id: str, settings: TrainingSettings) -> dic
         return {"replay_text": shipped_file_hash(GENERAL_REPLAY_FILE)}
     if settings.replay.source == "base_replies":  # the replies are the base's: its fingerprint is hashed already
         payload = {"base_replies": shipped_file_hash(REPLAY_PROMPTS_FILE), "reply_tokens": BASE_REPLY_TOKENS}
-        left_out = sorted(own_contexts(spec, node_id) & set(shipped_text(REPLAY_PROMPTS_FILE)))
+        replayed = set(base_replies_pool(spec, node_id).prompts)
+        left_out = [p for p in shipped_text(REPLAY_PROMPTS_FILE) if p not in replayed]
         # Only a node that shares a context with the shipped prompts (and the nodes that refine it,
         # through ``parents``) hashes the ones left out; every other node keeps its hash and vector.
         return {**payload, "left_out": left_out} if left_out else payload

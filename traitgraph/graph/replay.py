@@ -178,7 +178,7 @@ def contrast_pool(spec, node_id: str) -> ReplayPool:
     own = own_contexts(spec, node_id)
     shipped, shipped_origins = shipped_prompts_without(own)
     prompts, origins = list(shipped), list(shipped_origins)
-    seen = set(shipped_text(REPLAY_PROMPTS_FILE)) | own
+    seen = set(shipped) | own  # every shipped prompt is in one or the other
     for other in contrast_nodes(spec, node_id):
         for located in located_examples(spec.nodes[other]):
             context = located.example.context
